@@ -1,0 +1,108 @@
+//! Map keys and values shared by the kernel programs (agentguard-ebpf) and the
+//! daemon. Every type is `#[repr(C)]` with explicit padding fields so the byte
+//! layout is identical on both sides and no uninitialised padding reaches a
+//! map key (the kernel hashes every byte of a key).
+#![no_std]
+
+/// Where the kernel programs find the proxy. The loader overrides these
+/// globals; `PROXY_PORT` is in host byte order.
+pub const GLOBAL_PROXY_PORT: &str = "PROXY_PORT";
+
+/// Map names, also the file names of the pinned maps under the bpffs folder.
+pub const MAP_COOKIE_ORIGINS: &str = "COOKIE_ORIGINS";
+pub const MAP_ORIGINS: &str = "ORIGINS";
+pub const MAP_DNS_RESOLVERS: &str = "DNS_RESOLVERS";
+pub const MAP_COUNTERS: &str = "COUNTERS";
+
+/// Program names (the Rust function names in agentguard-ebpf).
+pub const PROG_CONNECT4: &str = "connect4";
+pub const PROG_CONNECT6: &str = "connect6";
+pub const PROG_SENDMSG4: &str = "sendmsg4";
+pub const PROG_SENDMSG6: &str = "sendmsg6";
+pub const PROG_SOCK_OPS: &str = "sock_ops";
+
+/// Bounds of the LRU maps. An LRU map evicts instead of failing an insert, so
+/// a flood of connects can never make the hook start refusing (or, worse,
+/// passing) connections; 64k in-flight handshakes is far beyond one host's use.
+pub const ORIGIN_MAP_ENTRIES: u32 = 65_536;
+pub const DNS_RESOLVER_ENTRIES: u32 = 64;
+
+/// An IP address as the kernel stores it: 16 bytes in network order, IPv4 as
+/// v4-mapped IPv6 (`::ffff:a.b.c.d`), so one key type serves both families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Addr {
+    pub words: [u32; 4],
+}
+
+/// The client side of a redirected connection as the proxy sees its peer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    pub addr: Addr,
+    /// Host byte order.
+    pub port: u16,
+    /// Explicit padding: a key's every byte is hashed.
+    pub _pad: u16,
+}
+
+/// What the connect hook learned about a connection: where the agent meant to
+/// go and who asked.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub dst: Addr,
+    /// Host byte order.
+    pub dst_port: u16,
+    /// `AF_INET` or `AF_INET6`: the family the agent's socket used (a
+    /// v4-mapped destination comes from an `AF_INET6` socket).
+    pub family: u16,
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+}
+
+/// Indexes into the per-CPU `COUNTERS` array.
+pub mod counter {
+    pub const REDIRECTED_V4: u32 = 0;
+    pub const REDIRECTED_V6: u32 = 1;
+    pub const ORIGIN_HANDED_OFF: u32 = 2;
+    pub const UDP_REFUSED: u32 = 3;
+    pub const DNS_ALLOWED: u32 = 4;
+    pub const OTHER_REFUSED: u32 = 5;
+    pub const COUNT: u32 = 6;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "redirected_v4",
+        "redirected_v6",
+        "origin_handed_off",
+        "udp_refused",
+        "dns_allowed",
+        "other_refused",
+    ];
+}
+
+impl Addr {
+    /// `::ffff:0:0/96` prefix word, in network byte order.
+    pub const V4_MAPPED_PREFIX: u32 = u32::from_be(0x0000_ffff);
+
+    /// `ip` is in network byte order, as the kernel hands it out.
+    pub const fn v4_mapped(ip: u32) -> Self {
+        Self {
+            words: [0, 0, Self::V4_MAPPED_PREFIX, ip],
+        }
+    }
+
+    pub const fn is_v4_mapped(&self) -> bool {
+        self.words[0] == 0 && self.words[1] == 0 && self.words[2] == Self::V4_MAPPED_PREFIX
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain `#[repr(C)]` data with explicit padding; any byte pattern is valid.
+    unsafe impl aya::Pod for super::Addr {}
+    unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::Origin {}
+}

@@ -1,0 +1,49 @@
+//! The three bpf(2) commands aya 0.14 does not expose for pinned links:
+//! open a pinned object, swap a link's program atomically, force-detach.
+
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::Path,
+};
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_UPDATE: libc::c_long = 30;
+const BPF_LINK_DETACH: libc::c_long = 34;
+
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 4]) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a zero-initialised buffer at least as large as the
+    // union member each command reads; its size is passed along.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr)) };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+}
+
+/// Opens a pinned program, map or link.
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // union bpf_attr { __aligned_u64 pathname; __u32 bpf_fd; __u32 file_flags; ... }
+    let mut attr = [c.as_ptr() as u64, 0, 0, 0];
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: the kernel returned a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Atomically replaces the program behind a link: no moment where the
+/// cgroup runs without a redirect.
+pub fn link_update(link: &impl AsFd, new_prog: &impl AsFd) -> io::Result<()> {
+    // { __u32 link_fd; __u32 new_prog_fd; __u32 flags; __u32 old_prog_fd; }
+    let lo = link.as_fd().as_raw_fd() as u32 as u64;
+    let hi = (new_prog.as_fd().as_raw_fd() as u32 as u64) << 32;
+    let mut attr = [lo | hi, 0, 0, 0];
+    bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+/// Detaches a link even while other references to it exist.
+pub fn link_detach(link: &impl AsFd) -> io::Result<()> {
+    let mut attr = [link.as_fd().as_raw_fd() as u32 as u64, 0, 0, 0];
+    bpf(BPF_LINK_DETACH, &mut attr).map(drop)
+}

@@ -1,0 +1,340 @@
+//! The TOML configuration (`/etc/agentguard/agentguard.toml`), in the shape of
+//! shared/DESIGN.md. Unknown keys are errors: a typo in a guard's config must
+//! not silently turn a rule off.
+
+use std::{
+    net::{IpAddr, SocketAddr, ToSocketAddrs},
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub const DEFAULT_PATH: &str = "/etc/agentguard/agentguard.toml";
+pub const DEFAULT_PORT: u16 = 15001;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config {path}, line {line}: `{key}`: {message}")]
+    Invalid { path: PathBuf, line: usize, key: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default = "default_policy_dir")]
+    pub policy_dir: PathBuf,
+    /// Lock file, daemon info and (later) the control socket.
+    #[serde(default = "default_run_dir")]
+    pub run_dir: PathBuf,
+    /// Where programs, maps and links are pinned (on a bpffs mount).
+    #[serde(default = "default_bpffs_dir")]
+    pub bpffs_dir: PathBuf,
+    #[serde(default)]
+    pub listener: Listener,
+    #[serde(default)]
+    pub dns: Dns,
+    #[serde(default)]
+    pub agents: Vec<Agent>,
+    #[serde(default)]
+    pub targets: Vec<TargetConfig>,
+    /// Filled in by `load`: resolved target addresses.
+    #[serde(skip)]
+    pub resolved: Vec<ResolvedTarget>,
+    /// Filled in by `load`: DNS resolvers that UDP port 53 may reach.
+    #[serde(skip)]
+    pub resolvers: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// On 127.0.0.1 and ::1. 0 picks a free port (what `exec` does when it
+    /// runs its own guard).
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Seconds to wait for an upstream connect.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    /// Resolvers agents may query on UDP port 53. Unset: those in /etc/resolv.conf.
+    pub resolvers: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    pub name: String,
+    /// Relative to the cgroup2 mount.
+    pub cgroup: Option<String>,
+    pub unit: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub name: String,
+    /// `ip:port` or `host:port`, resolved at load.
+    pub address: Spanned<String>,
+    #[serde(default = "default_protocol")]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Postgres,
+    Mysql,
+    Http,
+    Llm,
+    K8s,
+    Redis,
+    Ssh,
+    Tcp,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResolvedTarget {
+    pub index: usize,
+    pub host: String,
+    pub addrs: Vec<SocketAddr>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/agentguard")
+}
+fn default_policy_dir() -> PathBuf {
+    PathBuf::from("/etc/agentguard/policies")
+}
+fn default_run_dir() -> PathBuf {
+    PathBuf::from("/run/agentguard")
+}
+fn default_bpffs_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/agentguard")
+}
+fn default_port() -> u16 {
+    DEFAULT_PORT
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_protocol() -> Protocol {
+    Protocol::Tcp
+}
+
+impl Default for Listener {
+    fn default() -> Self {
+        Self { port: DEFAULT_PORT, connect_timeout_secs: default_connect_timeout() }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            state_dir: default_state_dir(),
+            policy_dir: default_policy_dir(),
+            run_dir: default_run_dir(),
+            bpffs_dir: default_bpffs_dir(),
+            listener: Listener::default(),
+            dns: Dns::default(),
+            agents: Vec::new(),
+            targets: Vec::new(),
+            resolved: Vec::new(),
+            resolvers: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// `path` given: it must exist. Not given: the default file if present,
+    /// else built-in defaults (so `agentguard exec` works out of the box).
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            Some(path) => Self::from_file(path),
+            None if Path::new(DEFAULT_PATH).exists() => Self::from_file(Path::new(DEFAULT_PATH)),
+            None => {
+                let mut config = Config::default();
+                config.resolve(Path::new("<built-in defaults>"), "")?;
+                Ok(config)
+            }
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.resolve(path, text)?;
+        Ok(config)
+    }
+
+    fn resolve(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let invalid = |span: Range<usize>, key: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: line_of(text, span.start),
+            key: key.to_owned(),
+            message,
+        };
+        for agent in &self.agents {
+            let set = usize::from(agent.cgroup.is_some()) + usize::from(agent.unit.is_some());
+            if set != 1 {
+                return Err(ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: format!("agent `{}`: set exactly one of `cgroup` or `unit`", agent.name),
+                });
+            }
+        }
+        self.resolved.clear();
+        for (index, target) in self.targets.iter().enumerate() {
+            let address = target.address.get_ref();
+            let (host, _) = address.rsplit_once(':').ok_or_else(|| {
+                invalid(target.address.span(), "targets.address", format!("`{address}` has no port (want host:port)"))
+            })?;
+            let addrs: Vec<SocketAddr> = address
+                .to_socket_addrs()
+                .map_err(|e| invalid(target.address.span(), "targets.address", format!("cannot resolve `{address}`: {e}")))?
+                .collect();
+            self.resolved.push(ResolvedTarget {
+                index,
+                host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                addrs,
+            });
+        }
+        self.resolvers = match &self.dns.resolvers {
+            Some(list) => list
+                .iter()
+                .map(|r| {
+                    r.get_ref().parse::<IpAddr>().map_err(|e| {
+                        invalid(r.span(), "dns.resolvers", format!("`{}` is not an IP address: {e}", r.get_ref()))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            None => system_resolvers(),
+        };
+        Ok(())
+    }
+
+    /// The configured target a connection's original destination belongs to.
+    pub fn target_for(&self, dst: SocketAddr) -> Option<(&TargetConfig, &ResolvedTarget)> {
+        let dst = SocketAddr::new(crate::net::canonical_ip(dst.ip()), dst.port());
+        self.resolved
+            .iter()
+            .find(|r| r.addrs.iter().any(|a| SocketAddr::new(crate::net::canonical_ip(a.ip()), a.port()) == dst))
+            .map(|r| (&self.targets[r.index], r))
+    }
+
+    pub fn agent(&self, name: &str) -> Option<&Agent> {
+        self.agents.iter().find(|a| a.name == name)
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).map_or(0, |t| t.matches('\n').count()) + 1
+}
+
+/// Nameservers from /etc/resolv.conf; none if it cannot be read.
+pub fn system_resolvers() -> Vec<IpAddr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .map(|text| parse_resolv_conf(&text))
+        .unwrap_or_default()
+}
+
+fn parse_resolv_conf(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .filter_map(|ip| ip.split('%').next()?.parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("t.toml"), text)
+    }
+
+    #[test]
+    fn full_shape_parses() {
+        let config = parse(
+            r#"
+state_dir = "/tmp/s"
+[listener]
+port = 15099
+[dns]
+resolvers = ["127.0.0.53", "::1"]
+[[agents]]
+name = "coder"
+cgroup = "/agentguard/coder"
+[[targets]]
+name = "app-db"
+address = "127.0.0.1:5432"
+protocol = "postgres"
+labels = ["production"]
+"#,
+        )
+        .expect("valid config");
+        assert_eq!(config.listener.port, 15099);
+        assert_eq!(config.resolvers.len(), 2);
+        assert_eq!(config.targets[0].protocol, Protocol::Postgres);
+        let dst: SocketAddr = "127.0.0.1:5432".parse().expect("addr");
+        assert_eq!(config.target_for(dst).map(|(t, _)| t.name.as_str()), Some("app-db"));
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:5432".parse().expect("addr");
+        assert!(config.target_for(mapped).is_some(), "v4-mapped matches the v4 target");
+        assert!(config.target_for("127.0.0.1:5433".parse().expect("addr")).is_none());
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = parse("state_dir = \"/x\"\n[listener]\nprot = 1\n").expect_err("typo must fail");
+        let msg = err.to_string();
+        assert!(msg.contains("line 3"), "{msg}");
+        assert!(msg.contains("prot"), "{msg}");
+    }
+
+    #[test]
+    fn bad_address_names_key_and_line() {
+        let err = parse("[[targets]]\nname = \"a\"\n\naddress = \"nope\"\n").expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.contains("line 4") && msg.contains("targets.address"), "{msg}");
+    }
+
+    #[test]
+    fn bad_resolver_is_refused() {
+        let err = parse("[dns]\nresolvers = [\"1.2.3\"]\n").expect_err("must fail");
+        assert!(err.to_string().contains("dns.resolvers"), "{err}");
+    }
+
+    #[test]
+    fn agent_needs_cgroup_or_unit() {
+        assert!(parse("[[agents]]\nname = \"a\"\n").is_err());
+        assert!(parse("[[agents]]\nname = \"a\"\ncgroup = \"/x\"\nunit = \"y.service\"\n").is_err());
+    }
+
+    #[test]
+    fn resolv_conf() {
+        let ips = parse_resolv_conf("# c\nnameserver 10.0.0.1\nnameserver fe80::1%eth0\noptions x\n");
+        assert_eq!(ips, vec!["10.0.0.1".parse::<IpAddr>().expect("ip"), "fe80::1".parse().expect("ip")]);
+    }
+}

@@ -1,0 +1,151 @@
+//! `agentguard run`: the long-lived guard. Pins its programs, attaches the
+//! configured agents, serves the proxy. Exiting leaves the programs attached,
+//! so agents' connects are refused until it is back (fail closed).
+
+use std::{
+    fs,
+    io::Write as _,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::{
+    cgroup::{self, Cgroup},
+    config::Config,
+    decide::AllowList,
+    identity::AgentRegistry,
+    proxy::{self, Proxy},
+    redirect::{LoadOptions, Redirect},
+};
+
+const LOCK_FILE: &str = "agentguard.lock";
+const INFO_FILE: &str = "daemon.json";
+
+/// Written to run_dir once the listener is up; read by `status` and `exec`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    pub pid: u32,
+    pub port: u16,
+    pub bpffs_dir: PathBuf,
+}
+
+/// The daemon's lock: held (flock) for the daemon's whole life, so a dead
+/// daemon never looks alive.
+pub struct Lock(fs::File);
+
+impl Lock {
+    pub fn try_acquire(run_dir: &Path) -> anyhow::Result<Option<Self>> {
+        fs::create_dir_all(run_dir).with_context(|| format!("cannot create run_dir {}", run_dir.display()))?;
+        let path = run_dir.join(LOCK_FILE);
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        // SAFETY: flock on an fd we own.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        Ok((rc == 0).then_some(Self(file)))
+    }
+}
+
+/// The running daemon's info, if one holds the lock.
+pub fn running(run_dir: &Path) -> Option<DaemonInfo> {
+    if !run_dir.join(LOCK_FILE).exists() {
+        return None;
+    }
+    match Lock::try_acquire(run_dir) {
+        Ok(Some(_free)) => None,
+        Ok(None) => fs::read(run_dir.join(INFO_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok()),
+        Err(_) => None,
+    }
+}
+
+pub fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let on_bpffs = mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let (_, mnt, ty) = (f.next(), f.next(), f.next());
+        ty == Some("bpf") && mnt.is_some_and(|m| dir.starts_with(m))
+    });
+    if on_bpffs {
+        return Ok(());
+    }
+    let target = Path::new("/sys/fs/bpf");
+    if !dir.starts_with(target) {
+        bail!("{} is not on a bpffs mount; mount one (mount -t bpf bpf DIR) or set bpffs_dir", dir.display());
+    }
+    let status = std::process::Command::new("mount").args(["-t", "bpf", "bpf"]).arg(target).status()?;
+    if !status.success() {
+        bail!("cannot mount bpffs at {}", target.display());
+    }
+    Ok(())
+}
+
+/// The cgroup an agent entry names.
+pub fn agent_cgroup(mount: &Path, agent: &crate::config::Agent) -> anyhow::Result<Cgroup> {
+    let rel = match (&agent.cgroup, &agent.unit) {
+        (Some(c), _) => c.clone(),
+        (None, Some(u)) => cgroup::unit_cgroup(u)?,
+        (None, None) => bail!("agent {} has neither cgroup nor unit", agent.name),
+    };
+    Ok(Cgroup::new(mount, &rel)?)
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let Some(_lock) = Lock::try_acquire(&config.run_dir)? else {
+        bail!("another agentguard daemon holds {}", config.run_dir.join(LOCK_FILE).display());
+    };
+    ensure_bpffs(&config.bpffs_dir)?;
+    let mount = cgroup::cgroup2_mount()?;
+    // Listen first: from the moment the programs are refreshed, connects
+    // arrive here.
+    let (listeners, port) =
+        proxy::bind(config.listener.port).with_context(|| format!("cannot listen on port {}", config.listener.port))?;
+    let mut redirect = Redirect::load(&LoadOptions {
+        proxy_port: port,
+        pin_dir: Some(&config.bpffs_dir),
+        dns_resolvers: &config.resolvers,
+    })?;
+    let agents = Arc::new(AgentRegistry::default());
+    for agent in &config.agents {
+        let cg = agent_cgroup(&mount, agent)?;
+        cg.create()?;
+        redirect.attach(&cg)?;
+        agents.register(cg.id()?, &agent.name);
+    }
+    let info = DaemonInfo { pid: std::process::id(), port, bpffs_dir: config.bpffs_dir.clone() };
+    let info_path = config.run_dir.join(INFO_FILE);
+    let mut f = fs::File::create(&info_path).with_context(|| format!("cannot write {}", info_path.display()))?;
+    f.write_all(&serde_json::to_vec(&info)?)?;
+    info!(port, agents = config.agents.len(), targets = config.targets.len(), "agentguard daemon ready");
+
+    let config = Arc::new(config);
+    let proxy = Arc::new(Proxy::new(Arc::new(redirect), Arc::clone(&config), Arc::new(AllowList), agents, port));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let serving = tokio::spawn(Arc::clone(&proxy).serve(listeners, stop_rx));
+    wait_for_stop_signal().await;
+    info!("stopping; attached cgroups stay guarded (connections refused) until the daemon is back");
+    let _ = stop_tx.send(true);
+    let _ = serving.await;
+    let _ = fs::remove_file(&info_path);
+    Ok(())
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,125 @@
+//! The decision seam. Every protocol session builds an [`Input`] and asks a
+//! [`Decide`] implementation; the answer is allow, deny or approve (hold for a
+//! person). The Rego engine (policy issue) plugs in here; until then the
+//! daemon uses [`AllowList`]: only destinations named in `[[targets]]`.
+
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use crate::{
+    config::{Config, Protocol},
+    identity::Identity,
+};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Input {
+    pub identity: Identity,
+    pub target: Target,
+    pub request: Request,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub ip: String,
+    pub port: u16,
+    pub name: Option<String>,
+    pub protocol: Protocol,
+    pub host: Option<String>,
+    pub labels: Vec<String>,
+}
+
+impl Target {
+    pub fn for_destination(config: &Config, dst: SocketAddr) -> Self {
+        let found = config.target_for(dst);
+        Self {
+            ip: crate::net::canonical_ip(dst.ip()).to_string(),
+            port: dst.port(),
+            name: found.map(|(t, _)| t.name.clone()),
+            protocol: found.map_or(Protocol::Tcp, |(t, _)| t.protocol),
+            host: found.map(|(_, r)| r.host.clone()),
+            labels: found.map(|(t, _)| t.labels.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Request {
+    /// L4: a connection, before any byte.
+    Connect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Deny,
+    Approve,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub action: Action,
+    pub reason: String,
+}
+
+impl Decision {
+    pub fn deny(reason: impl Into<String>) -> Self {
+        Self { action: Action::Deny, reason: reason.into() }
+    }
+}
+
+pub trait Decide: Send + Sync {
+    fn decide(&self, input: &Input) -> Decision;
+}
+
+/// Allows exactly the configured targets.
+pub struct AllowList;
+
+impl Decide for AllowList {
+    fn decide(&self, input: &Input) -> Decision {
+        match &input.target.name {
+            Some(name) => Decision { action: Action::Allow, reason: format!("configured target {name}") },
+            None => Decision::deny(format!(
+                "{}:{} is not a configured target",
+                input.target.ip, input.target.port
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_list_only_allows_targets() {
+        let config = Config::parse(
+            std::path::Path::new("t"),
+            "[[targets]]\nname = \"db\"\naddress = \"127.0.0.1:5432\"\n",
+        )
+        .expect("config");
+        let identity = Identity {
+            uid: 1,
+            gid: 1,
+            user: None,
+            pid: 1,
+            comm: String::new(),
+            exe: None,
+            cmdline: vec![],
+            cgroup: None,
+            cgroup_id: 0,
+            agent: None,
+            unit: None,
+        };
+        let input = |dst: &str| Input {
+            identity: identity.clone(),
+            target: Target::for_destination(&config, dst.parse().expect("addr")),
+            request: Request::Connect,
+        };
+        assert_eq!(AllowList.decide(&input("127.0.0.1:5432")).action, Action::Allow);
+        assert_eq!(AllowList.decide(&input("[::ffff:127.0.0.1]:5432")).action, Action::Allow);
+        assert_eq!(AllowList.decide(&input("127.0.0.1:22")).action, Action::Deny);
+    }
+}

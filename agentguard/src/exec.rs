@@ -1,0 +1,136 @@
+//! `agentguard exec -- CMD`: run a command in a fresh cgroup that is guarded.
+//! With a daemon running, the cgroup is made under the agent's (already
+//! attached) cgroup; without one, this process loads private copies of the
+//! programs and serves the proxy itself for the command's lifetime.
+
+use std::{os::fd::AsRawFd as _, sync::Arc};
+
+use anyhow::{Context as _, bail};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::{
+    cgroup::{self, Cgroup},
+    config::Config,
+    daemon,
+    decide::AllowList,
+    identity::AgentRegistry,
+    proxy::{self, Proxy},
+    redirect::{LoadOptions, Redirect, links_dir},
+};
+
+pub async fn exec(config: Config, agent: Option<String>, argv: Vec<String>) -> anyhow::Result<i32> {
+    let Some((program, args)) = argv.split_first() else { bail!("exec needs a command") };
+    let mount = cgroup::cgroup2_mount()?;
+    let me = std::process::id();
+
+    let agent_entry = match &agent {
+        Some(name) => Some(config.agent(name).with_context(|| format!("no agent named `{name}` in the config"))?),
+        None => config.agents.first(),
+    };
+    let agent_name = agent.clone().or_else(|| agent_entry.map(|a| a.name.clone())).unwrap_or_else(|| "exec".into());
+
+    // Keeps the private guard alive until the command is done.
+    let mut private = None;
+    let cg = match daemon::running(&config.run_dir) {
+        Some(info) => {
+            let Some(entry) = agent_entry else {
+                bail!("a daemon is running (pid {}); name one of its agents with --agent", info.pid)
+            };
+            let parent = daemon::agent_cgroup(&mount, entry)?;
+            let attached = links_dir(&info.bpffs_dir).join(parent.id()?.to_string());
+            if !attached.exists() {
+                bail!("agent `{}` ({}) is not attached by the running daemon", entry.name, parent.rel);
+            }
+            info!(daemon_pid = info.pid, agent = %entry.name, "using the running daemon");
+            Cgroup::new(&mount, &format!("{}/exec-{me}", parent.rel))?
+        }
+        None => {
+            let (listeners, port) = proxy::bind(0).context("cannot bind the proxy listener")?;
+            let mut redirect =
+                Redirect::load(&LoadOptions { proxy_port: port, pin_dir: None, dns_resolvers: &config.resolvers })?;
+            let cg = Cgroup::new(&mount, &format!("/agentguard/{agent_name}-{me}"))?;
+            cg.create()?;
+            if let Err(e) = redirect.attach(&cg) {
+                let _ = cg.kill_and_remove();
+                return Err(e.into());
+            }
+            let agents = Arc::new(AgentRegistry::default());
+            agents.register(cg.id()?, &agent_name);
+            let proxy = Arc::new(Proxy::new(Arc::new(redirect), Arc::new(config.clone()), Arc::new(AllowList), agents, port));
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let task = tokio::spawn(Arc::clone(&proxy).serve(listeners, stop_rx));
+            info!(port, cgroup = %cg.rel, "no daemon running: guarding in-process");
+            private = Some((stop_tx, task));
+            cg
+        }
+    };
+    cg.create()?;
+
+    let result = run_child(&cg, program, args).await;
+    if let Err(e) = cg.kill_and_remove() {
+        warn!("could not remove {}: {e}", cg.rel);
+    }
+    if let Some((stop, task)) = private {
+        let _ = stop.send(true);
+        let _ = task.await;
+    }
+    result
+}
+
+async fn run_child(cg: &Cgroup, program: &str, args: &[String]) -> anyhow::Result<i32> {
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cg.procs_path())
+        .with_context(|| format!("cannot open {}", cg.procs_path().display()))?;
+    let procs_fd = procs.as_raw_fd();
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args);
+    // SAFETY: only write(2) between fork and exec, on an fd opened before the
+    // fork. The child joins the cgroup before it runs a single instruction of
+    // the command, so nothing it does escapes the guard.
+    unsafe {
+        cmd.pre_exec(move || {
+            let n = libc::write(procs_fd, b"0".as_ptr().cast(), 1);
+            if n == 1 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+        });
+    }
+    let mut child = cmd.spawn().with_context(|| format!("cannot run {program}"))?;
+    drop(procs);
+    let pid = child.id().unwrap_or(0) as libc::pid_t;
+    debug!(pid, cgroup = %cg.rel, "command started");
+
+    use tokio::signal::unix::{SignalKind, signal};
+    let kinds = [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+        SignalKind::quit(),
+        SignalKind::user_defined1(),
+        SignalKind::user_defined2(),
+    ];
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<i32>();
+    for kind in kinds {
+        if let Ok(mut s) = signal(kind) {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    if tx.send(kind.as_raw_value()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status?,
+            Some(sig) = rx.recv() => {
+                // SAFETY: kill(2) on our own child.
+                unsafe { libc::kill(pid, sig) };
+            }
+        }
+    };
+    use std::os::unix::process::ExitStatusExt as _;
+    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}

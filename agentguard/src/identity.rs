@@ -1,0 +1,103 @@
+//! Who is behind a connection: the kernel's record (tgid, uid, gid, cgroup
+//! id, comm) enriched from /proc and the config (exe, cmdline, user name,
+//! cgroup path, agent name, systemd unit).
+
+use std::{collections::HashMap, fs, path::Path, sync::RwLock};
+
+use agentguard_common::Origin;
+use serde::Serialize;
+
+use crate::{cgroup, config::Config};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    pub user: Option<String>,
+    pub pid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub cmdline: Vec<String>,
+    pub cgroup: Option<String>,
+    pub cgroup_id: u64,
+    pub agent: Option<String>,
+    pub unit: Option<String>,
+}
+
+/// Agent names of cgroups that `exec` or `attach` registered by id (their
+/// paths are not in the config).
+#[derive(Default)]
+pub struct AgentRegistry {
+    by_cgroup_id: RwLock<HashMap<u64, String>>,
+}
+
+impl AgentRegistry {
+    pub fn register(&self, cgroup_id: u64, agent: &str) {
+        self.by_cgroup_id.write().unwrap_or_else(|p| p.into_inner()).insert(cgroup_id, agent.to_owned());
+    }
+
+    fn get(&self, cgroup_id: u64) -> Option<String> {
+        self.by_cgroup_id.read().unwrap_or_else(|p| p.into_inner()).get(&cgroup_id).cloned()
+    }
+}
+
+impl Identity {
+    pub fn resolve(origin: &Origin, config: &Config, agents: &AgentRegistry, cgroup_mount: Option<&Path>) -> Self {
+        let pid = origin.tgid;
+        let comm_len = origin.comm.iter().position(|&b| b == 0).unwrap_or(origin.comm.len());
+        let comm = String::from_utf8_lossy(&origin.comm[..comm_len]).into_owned();
+        let exe = fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string());
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|raw| {
+                raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+            })
+            .unwrap_or_default();
+        // /proc may show a later cgroup (or none, if the process is gone); the
+        // kernel's cgroup id is the one the connect came from.
+        let cgroup = cgroup::path_of_pid(pid)
+            .filter(|p| cgroup_mount.and_then(|m| cgroup::Cgroup::new(m, p).ok()?.id().ok()) == Some(origin.cgroup_id))
+            .or_else(|| cgroup_mount.and_then(|m| cgroup::path_of_id(m, origin.cgroup_id)));
+        let agent = agents.get(origin.cgroup_id).or_else(|| {
+            let path = cgroup.as_deref()?;
+            config
+                .agents
+                .iter()
+                .filter_map(|a| a.cgroup.as_deref().map(|c| (a, c)))
+                .filter(|(_, c)| path == *c || path.strip_prefix(*c).is_some_and(|rest| rest.starts_with('/')))
+                .max_by_key(|(_, c)| c.len())
+                .map(|(a, _)| a.name.clone())
+        });
+        let unit = cgroup.as_deref().and_then(cgroup::unit_of_path);
+        Self {
+            uid: origin.uid,
+            gid: origin.gid,
+            user: user_name(origin.uid),
+            pid,
+            comm,
+            exe,
+            cmdline,
+            cgroup,
+            cgroup_id: origin.cgroup_id,
+            agent,
+            unit,
+        }
+    }
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id: u32 = fields.nth(1)?.parse().ok()?;
+        (id == uid).then(|| name.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn root_is_root() {
+        assert_eq!(super::user_name(0).as_deref(), Some("root"));
+    }
+}

@@ -1,0 +1,168 @@
+//! agentguard: one binary, the daemon and its CLI.
+//!
+//! Reading order for one connection: `redirect.rs` (kernel programs and the
+//! origin map) → `proxy.rs` (accept, origin, decision, upstream, copy) →
+//! `identity.rs` → `decide.rs`. `exec.rs` and `daemon.rs` wire them up.
+
+mod bpfsys;
+mod cgroup;
+mod config;
+mod daemon;
+mod decide;
+mod exec;
+mod identity;
+mod net;
+mod proxy;
+mod redirect;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    cgroup::Cgroup,
+    config::Config,
+    redirect::{LoadOptions, Redirect},
+};
+
+#[derive(Parser)]
+#[command(name = "agentguard", version, about = "Host-level guard for AI agents")]
+struct Cli {
+    /// Config file (default /etc/agentguard/agentguard.toml; built-in
+    /// defaults when that does not exist).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: pin and attach the programs, serve the proxy.
+    Run,
+    /// Run a command inside a guarded cgroup.
+    Exec {
+        /// Agent name (one from the config, or any name with no daemon).
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Guard an existing cgroup or systemd unit (programs stay pinned).
+    Attach(CgroupArg),
+    /// Stop guarding a cgroup or unit.
+    Detach(CgroupArg),
+    /// Show the daemon, the programs, attached cgroups and counters.
+    Status,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct CgroupArg {
+    /// Path relative to the cgroup2 mount, e.g. /agentguard/coder.
+    #[arg(long)]
+    cgroup: Option<String>,
+    /// A systemd unit, e.g. coder.service.
+    #[arg(long)]
+    unit: Option<String>,
+}
+
+impl CgroupArg {
+    fn resolve(&self) -> anyhow::Result<Cgroup> {
+        let mount = cgroup::cgroup2_mount()?;
+        let rel = match (&self.cgroup, &self.unit) {
+            (Some(c), _) => c.clone(),
+            (None, Some(u)) => cgroup::unit_cgroup(u)?,
+            (None, None) => bail!("give --cgroup or --unit"),
+        };
+        Ok(Cgroup::new(&mount, &rel)?)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTGUARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agentguard: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("agentguard: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Run => daemon::run(config).await.map(|()| 0),
+        Command::Exec { agent, command } => exec::exec(config, agent, command).await,
+        Command::Attach(arg) => attach(&config, &arg).map(|()| 0),
+        Command::Detach(arg) => detach(&config, &arg).map(|()| 0),
+        Command::Status => status(&config).map(|()| 0),
+    }
+}
+
+fn attach(config: &Config, arg: &CgroupArg) -> anyhow::Result<()> {
+    daemon::ensure_bpffs(&config.bpffs_dir)?;
+    let cg = arg.resolve()?;
+    if !cg.exists() {
+        bail!("cgroup {} does not exist", cg.dir.display());
+    }
+    // The running daemon's port wins over the config's: its listener is
+    // where the attached cgroup's connects must go.
+    let port = daemon::running(&config.run_dir).map_or(config.listener.port, |d| d.port);
+    let mut redirect =
+        Redirect::load(&LoadOptions { proxy_port: port, pin_dir: Some(&config.bpffs_dir), dns_resolvers: &config.resolvers })?;
+    redirect.attach(&cg)?;
+    println!("attached {} (cgroup id {}) → proxy port {port}", cg.rel, cg.id()?);
+    Ok(())
+}
+
+fn detach(config: &Config, arg: &CgroupArg) -> anyhow::Result<()> {
+    let cg = arg.resolve()?;
+    let id = cg.id().with_context(|| format!("cgroup {} not found", cg.rel))?;
+    if redirect::detach_pinned(&config.bpffs_dir, id)? {
+        println!("detached {} (cgroup id {id})", cg.rel);
+        Ok(())
+    } else {
+        bail!("{} is not attached", cg.rel)
+    }
+}
+
+fn status(config: &Config) -> anyhow::Result<()> {
+    match daemon::running(&config.run_dir) {
+        Some(d) => println!("daemon:    running (pid {}), proxy on 127.0.0.1:{} and [::1]:{}", d.pid, d.port, d.port),
+        None => println!("daemon:    not running — attached cgroups have their connections refused (fail closed)"),
+    }
+    println!("bpffs:     {}", config.bpffs_dir.display());
+    let state = redirect::pinned_state(&config.bpffs_dir);
+    let programs: Vec<String> = state
+        .programs
+        .iter()
+        .map(|(name, id)| format!("{name}={}", id.map_or("not loaded".to_owned(), |i| format!("id {i}"))))
+        .collect();
+    println!("programs:  {}", programs.join(", "));
+    let mount = cgroup::cgroup2_mount().ok();
+    if state.attached.is_empty() {
+        println!("attached:  none");
+    }
+    for id in &state.attached {
+        let path = mount.as_deref().and_then(|m| cgroup::path_of_id(m, *id)).unwrap_or_else(|| "(cgroup gone)".into());
+        println!("attached:  {path} (cgroup id {id})");
+    }
+    let counters: Vec<String> = state.counters.iter().map(|(n, v)| format!("{n}={v}")).collect();
+    if !counters.is_empty() {
+        println!("counters:  {}", counters.join(" "));
+    }
+    Ok(())
+}

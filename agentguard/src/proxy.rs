@@ -1,0 +1,194 @@
+//! The transparent proxy: accept → origin record → decision → upstream →
+//! copy both ways. One task per connection, each inside a tracing span that
+//! names the connection id, agent, identity and original destination.
+
+use std::{
+    io,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    net::{TcpListener, TcpSocket, TcpStream},
+    sync::watch,
+};
+use tracing::{Instrument as _, debug, info, info_span, warn};
+
+use crate::{
+    config::Config,
+    decide::{Action, Decide, Input, Request, Target},
+    identity::{AgentRegistry, Identity},
+    net,
+    redirect::Redirect,
+};
+
+pub struct Proxy {
+    pub redirect: Arc<Redirect>,
+    pub config: Arc<Config>,
+    pub decider: Arc<dyn Decide>,
+    pub agents: Arc<AgentRegistry>,
+    pub cgroup_mount: Option<PathBuf>,
+    pub listen_port: u16,
+    next_id: AtomicU64,
+}
+
+/// Binds 127.0.0.1:PORT and [::1]:PORT (the same port on both; port 0 picks
+/// one free on both).
+pub fn bind(port: u16) -> io::Result<(Vec<TcpListener>, u16)> {
+    for _ in 0..16 {
+        let v4 = listen(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?;
+        let bound = v4.local_addr()?.port();
+        match listen(SocketAddr::from((Ipv6Addr::LOCALHOST, bound))) {
+            Ok(v6) => return Ok((vec![v4, v6], bound)),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && port == 0 => continue,
+            Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => {
+                warn!("IPv6 loopback unavailable ({e}); serving IPv4 only");
+                return Ok((vec![v4], bound));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::AddrInUse, "no port free on both 127.0.0.1 and ::1"))
+}
+
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+impl Proxy {
+    pub fn new(
+        redirect: Arc<Redirect>,
+        config: Arc<Config>,
+        decider: Arc<dyn Decide>,
+        agents: Arc<AgentRegistry>,
+        listen_port: u16,
+    ) -> Self {
+        Self {
+            redirect,
+            config,
+            decider,
+            agents,
+            cgroup_mount: crate::cgroup::cgroup2_mount().ok(),
+            listen_port,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Serves until `shutdown` turns true. Errors on one connection never end
+    /// the loop.
+    pub async fn serve(self: Arc<Self>, listeners: Vec<TcpListener>, shutdown: watch::Receiver<bool>) {
+        let mut tasks = Vec::new();
+        for listener in listeners {
+            let proxy = Arc::clone(&self);
+            let mut shutdown = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.changed() => break,
+                        accepted = listener.accept() => match accepted {
+                            Ok((stream, peer)) => {
+                                let proxy = Arc::clone(&proxy);
+                                tokio::spawn(async move { proxy.handle(stream, peer).await });
+                            }
+                            // EMFILE and friends: back off instead of spinning.
+                            Err(e) => {
+                                warn!("accept failed: {e}");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        },
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // No record: the connection did not come through the hook (a process
+        // outside any agent cgroup dialled us, or the record was lost). Never
+        // treated as allowed.
+        let Some(origin) = self.redirect.take_origin(peer) else {
+            warn!(conn = id, %peer, "refused: no origin record (connection did not come through the agentguard hook)");
+            reset(client);
+            return;
+        };
+        let dst = SocketAddr::new(net::from_addr(&origin.dst), origin.dst_port);
+        let identity = Identity::resolve(&origin, &self.config, &self.agents, self.cgroup_mount.as_deref());
+        let span = info_span!(
+            "conn",
+            id,
+            agent = identity.agent.as_deref().unwrap_or("-"),
+            uid = identity.uid,
+            pid = identity.pid,
+            exe = identity.exe.as_deref().unwrap_or(&identity.comm),
+            %dst,
+        );
+        async move {
+            if dst.port() == self.listen_port && (dst.ip().is_loopback() || dst.ip().is_unspecified()) {
+                warn!("refused: direct connection to the agentguard proxy port");
+                reset(client);
+                return;
+            }
+            let input = Input { target: Target::for_destination(&self.config, dst), identity, request: Request::Connect };
+            let decision = self.decider.decide(&input);
+            match decision.action {
+                Action::Allow => {}
+                // Holding L4 connects for approval arrives with the approvals issue.
+                Action::Deny | Action::Approve => {
+                    warn!(action = ?decision.action, reason = %decision.reason, "denied");
+                    reset(client);
+                    return;
+                }
+            }
+            let timeout = Duration::from_secs(self.config.listener.connect_timeout_secs);
+            let upstream = match tokio::time::timeout(timeout, TcpStream::connect(dst)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    warn!("upstream connect failed: {e}");
+                    reset(client);
+                    return;
+                }
+                Err(_) => {
+                    warn!("upstream connect timed out after {timeout:?}");
+                    reset(client);
+                    return;
+                }
+            };
+            let upstream_local = upstream.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            info!(reason = %decision.reason, %upstream_local, "allowed");
+            let _ = client.set_nodelay(true);
+            let _ = upstream.set_nodelay(true);
+            pipe(client, upstream).await;
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+async fn pipe(mut client: TcpStream, mut upstream: TcpStream) {
+    const BUF: usize = 64 * 1024;
+    match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUF, BUF).await {
+        Ok((up, down)) => debug!(bytes_up = up, bytes_down = down, "closed"),
+        Err(e) => debug!("closed with error: {e}"),
+    }
+}
+
+/// Refuse with a RST, so the client sees "connection reset" at once rather
+/// than an orderly (and misleading) end of stream.
+fn reset(stream: TcpStream) {
+    if let Ok(std) = stream.into_std() {
+        let sock = socket2::SockRef::from(&std);
+        let _ = sock.set_linger(Some(Duration::ZERO));
+    }
+}

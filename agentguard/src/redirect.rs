@@ -1,0 +1,313 @@
+//! Loading the kernel programs, attaching them to agent cgroups, and reading
+//! the origin records they leave for the proxy.
+//!
+//! Two modes:
+//! - pinned (the daemon, `attach`): programs, maps and links live under the
+//!   bpffs folder (`bpffs_dir`), so they stay attached when the daemon dies —
+//!   connects then hit a closed port and fail (fail closed) — and a restart
+//!   swaps the programs inside the existing links (BPF_LINK_UPDATE), leaving
+//!   no moment unguarded;
+//! - private (`exec` with no daemon): nothing pinned, everything goes away
+//!   with the process.
+
+use std::{
+    fs, io,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use agentguard_common::{
+    self as common, GLOBAL_PROXY_PORT, MAP_COOKIE_ORIGINS, MAP_COUNTERS, MAP_DNS_RESOLVERS, MAP_ORIGINS, Origin,
+    PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_OPS, SockKey,
+};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::{CgroupAttachMode, CgroupSockAddr, SockOps, links::FdLink},
+};
+use tracing::{debug, info, warn};
+
+use crate::{bpfsys, cgroup::Cgroup, net};
+
+/// The object built by build.rs from agentguard-ebpf.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agentguard"));
+
+const SOCK_ADDR_PROGRAMS: [&str; 4] = [PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6];
+pub const ALL_PROGRAMS: [&str; 5] = [PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_OPS];
+const PINNED_MAPS: [&str; 4] = [MAP_COOKIE_ORIGINS, MAP_ORIGINS, MAP_DNS_RESOLVERS, MAP_COUNTERS];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedirectError {
+    #[error("loading the eBPF programs failed (agentguard needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_SYS_ADMIN, and a kernel with cgroup BPF): {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {name}: {source}")]
+    Program { name: &'static str, source: aya::programs::ProgramError },
+    #[error("eBPF link of {name}: {source}")]
+    Link { name: &'static str, source: aya::programs::links::LinkError },
+    #[error("eBPF map {name}: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+    #[error("the eBPF object has no {0} (build mismatch)")]
+    Missing(&'static str),
+    #[error("bpffs {path}: {source} (is bpffs mounted? `mount -t bpf bpf /sys/fs/bpf`)")]
+    Pin { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+}
+
+pub struct LoadOptions<'a> {
+    pub proxy_port: u16,
+    /// Some: pinned mode under this folder.
+    pub pin_dir: Option<&'a Path>,
+    pub dns_resolvers: &'a [IpAddr],
+}
+
+/// The loaded programs and the origin map the proxy reads.
+pub struct Redirect {
+    ebpf: Ebpf,
+    pin_dir: Option<PathBuf>,
+    origins: Mutex<HashMap<MapData, SockKey, Origin>>,
+    _logger: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn pin_err(path: &Path) -> impl FnOnce(io::Error) -> RedirectError + '_ {
+    move |source| RedirectError::Pin { path: path.to_owned(), source }
+}
+
+pub fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
+}
+
+impl Redirect {
+    pub fn load(opts: &LoadOptions<'_>) -> Result<Self, RedirectError> {
+        let mut loader = EbpfLoader::new();
+        #[expect(deprecated, reason = "override_global is not in aya 0.14")]
+        loader.set_global(GLOBAL_PROXY_PORT, &opts.proxy_port, true);
+        let map_paths: Vec<(&str, PathBuf)> = match opts.pin_dir {
+            Some(dir) => {
+                let maps = dir.join("maps");
+                fs::create_dir_all(&maps).map_err(pin_err(&maps))?;
+                PINNED_MAPS.iter().map(|m| (*m, maps.join(m))).collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
+
+        for name in SOCK_ADDR_PROGRAMS {
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| RedirectError::Program { name, source })?;
+        }
+        let sock_ops: &mut SockOps = program(&mut ebpf, PROG_SOCK_OPS)?;
+        sock_ops.load().map_err(|source| RedirectError::Program { name: PROG_SOCK_OPS, source })?;
+
+        // Kernel-side diagnostics (aya-log), shown at debug level.
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(spawn_log_reader(logger)),
+            Err(e) => {
+                warn!("eBPF logs unavailable: {e}");
+                None
+            }
+        };
+
+        let mut resolvers: HashMap<&mut MapData, common::Addr, u8> = map(&mut ebpf, MAP_DNS_RESOLVERS)?;
+        let stale: Vec<common::Addr> = resolvers.keys().filter_map(Result::ok).collect();
+        for key in stale {
+            let _ = resolvers.remove(&key);
+        }
+        for ip in opts.dns_resolvers {
+            resolvers
+                .insert(net::to_addr(*ip), 1, 0)
+                .map_err(|source| RedirectError::Map { name: MAP_DNS_RESOLVERS, source })?;
+        }
+
+        let origins = ebpf.take_map(MAP_ORIGINS).ok_or(RedirectError::Missing(MAP_ORIGINS))?;
+        let origins = HashMap::try_from(origins).map_err(|source| RedirectError::Map { name: MAP_ORIGINS, source })?;
+
+        let mut redirect =
+            Self { ebpf, pin_dir: opts.pin_dir.map(Path::to_owned), origins: Mutex::new(origins), _logger: logger };
+        if let Some(dir) = opts.pin_dir {
+            redirect.pin_programs(dir)?;
+            redirect.refresh_pinned_links(dir)?;
+        }
+        Ok(redirect)
+    }
+
+    /// Replaces the pinned programs with the ones just loaded.
+    fn pin_programs(&mut self, dir: &Path) -> Result<(), RedirectError> {
+        let progs = dir.join("progs");
+        fs::create_dir_all(&progs).map_err(pin_err(&progs))?;
+        for name in ALL_PROGRAMS {
+            let path = progs.join(name);
+            if path.exists() {
+                fs::remove_file(&path).map_err(pin_err(&path))?;
+            }
+            let prog = self.ebpf.program_mut(name).ok_or(RedirectError::Missing(name))?;
+            prog.pin(&path).map_err(|e| RedirectError::Pin { path: path.clone(), source: io::Error::other(e) })?;
+        }
+        Ok(())
+    }
+
+    /// Every link pinned by an earlier load now runs this load's programs.
+    fn refresh_pinned_links(&mut self, dir: &Path) -> Result<(), RedirectError> {
+        let links = links_dir(dir);
+        let Ok(entries) = fs::read_dir(&links) else { return Ok(()) };
+        for entry in entries.flatten() {
+            for name in ALL_PROGRAMS {
+                let path = entry.path().join(name);
+                if !path.exists() {
+                    continue;
+                }
+                let link = bpfsys::obj_get(&path).map_err(pin_err(&path))?;
+                let prog = self.ebpf.program(name).ok_or(RedirectError::Missing(name))?;
+                let fd = prog.fd().map_err(|source| RedirectError::Program { name, source })?;
+                bpfsys::link_update(&link, fd).map_err(pin_err(&path))?;
+            }
+            debug!(cgroup_id = %entry.file_name().to_string_lossy(), "pinned links now run the new programs");
+        }
+        Ok(())
+    }
+
+    /// Attaches every program to the cgroup. Pinned mode pins the links under
+    /// links/CGROUP_ID/ (an existing set is left as is: it was refreshed at
+    /// load); private mode keeps them until this value is dropped.
+    pub fn attach(&mut self, cgroup: &Cgroup) -> Result<(), RedirectError> {
+        let id = cgroup.id()?;
+        let link_dir = self.pin_dir.as_deref().map(|d| links_dir(d).join(id.to_string()));
+        if let Some(dir) = &link_dir {
+            if ALL_PROGRAMS.iter().all(|p| dir.join(p).exists()) {
+                info!(cgroup = %cgroup.rel, "already attached");
+                return Ok(());
+            }
+            fs::create_dir_all(dir).map_err(pin_err(dir))?;
+        }
+        // Links (kernel 5.7+) always coexist with other programs on the cgroup
+        // and its descendants; BPF_F_ALLOW_MULTI on bpf_link_create is EINVAL,
+        // so `Single` (flags 0) is the right mode here.
+        for name in SOCK_ADDR_PROGRAMS {
+            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            let link_id = prog
+                .attach(cgroup.open()?, CgroupAttachMode::Single)
+                .map_err(|source| RedirectError::Program { name, source })?;
+            if let Some(dir) = &link_dir {
+                let link = prog.take_link(link_id).map_err(|source| RedirectError::Program { name, source })?;
+                pin_link(FdLink::try_from(link).map_err(|e| link_err(name, e))?, &dir.join(name))?;
+            }
+        }
+        let prog: &mut SockOps = program(&mut self.ebpf, PROG_SOCK_OPS)?;
+        let link_id = prog
+            .attach(cgroup.open()?, CgroupAttachMode::Single)
+            .map_err(|source| RedirectError::Program { name: PROG_SOCK_OPS, source })?;
+        if let Some(dir) = &link_dir {
+            let link = prog.take_link(link_id).map_err(|source| RedirectError::Program { name: PROG_SOCK_OPS, source })?;
+            pin_link(FdLink::try_from(link).map_err(|e| link_err(PROG_SOCK_OPS, e))?, &dir.join(PROG_SOCK_OPS))?;
+        }
+        info!(cgroup = %cgroup.rel, cgroup_id = id, "attached");
+        Ok(())
+    }
+
+    /// The origin the hook recorded for this accepted connection, removed so
+    /// that a later connection from the same address and port can never
+    /// inherit it.
+    pub fn take_origin(&self, peer: SocketAddr) -> Option<Origin> {
+        let key = net::sock_key(peer);
+        let mut map = self.origins.lock().unwrap_or_else(|p| p.into_inner());
+        let origin = map.get(&key, 0).ok()?;
+        let _ = map.remove(&key);
+        Some(origin)
+    }
+}
+
+fn link_err(name: &'static str, source: aya::programs::links::LinkError) -> RedirectError {
+    RedirectError::Link { name, source }
+}
+
+fn pin_link(link: FdLink, path: &Path) -> Result<(), RedirectError> {
+    if path.exists() {
+        fs::remove_file(path).map_err(pin_err(path))?;
+    }
+    link.pin(path).map(drop).map_err(|e| RedirectError::Pin { path: path.to_owned(), source: io::Error::other(e) })
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, RedirectError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf.program_mut(name).ok_or(RedirectError::Missing(name))?;
+    prog.try_into().map_err(|source| RedirectError::Program { name, source })
+}
+
+fn map<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, RedirectError>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let m = ebpf.map_mut(name).ok_or(RedirectError::Missing(name))?;
+    T::try_from(m).map_err(|source| RedirectError::Map { name, source })
+}
+
+fn spawn_log_reader(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        // SAFETY: the logger owns its ring buffer fd and keeps it open for as
+        // long as it is registered here.
+        let Ok(mut fd) =
+            (unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) })
+        else {
+            return;
+        };
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else { return };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    })
+}
+
+/// Removes a cgroup's pinned links (detaching them).
+pub fn detach_pinned(pin_dir: &Path, cgroup_id: u64) -> Result<bool, RedirectError> {
+    let dir = links_dir(pin_dir).join(cgroup_id.to_string());
+    if !dir.exists() {
+        return Ok(false);
+    }
+    for name in ALL_PROGRAMS {
+        let path = dir.join(name);
+        if let Ok(link) = bpfsys::obj_get(&path) {
+            bpfsys::link_detach(&link).map_err(pin_err(&path))?;
+        }
+        let _ = fs::remove_file(&path);
+    }
+    fs::remove_dir(&dir).map_err(pin_err(&dir))?;
+    Ok(true)
+}
+
+/// What `status` shows about the pinned state.
+pub struct PinnedState {
+    pub attached: Vec<u64>,
+    pub programs: Vec<(&'static str, Option<u32>)>,
+    pub counters: Vec<(&'static str, u64)>,
+}
+
+pub fn pinned_state(pin_dir: &Path) -> PinnedState {
+    let attached = fs::read_dir(links_dir(pin_dir))
+        .map(|it| it.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    let programs = ALL_PROGRAMS
+        .iter()
+        .map(|name| {
+            let path = pin_dir.join("progs").join(name);
+            let id = aya::programs::ProgramInfo::from_pin(&path).ok().map(|i| i.id());
+            (*name, id)
+        })
+        .collect();
+    let mut counters = Vec::new();
+    if let Ok(data) = MapData::from_pin(pin_dir.join("maps").join(MAP_COUNTERS)) {
+        if let Ok(array) = PerCpuArray::<_, u64>::try_from(aya::maps::Map::PerCpuArray(data)) {
+            for (i, name) in common::counter::NAMES.iter().enumerate() {
+                let total = array.get(&(i as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
+                counters.push((*name, total));
+            }
+        }
+    }
+    PinnedState { attached, programs, counters }
+}
