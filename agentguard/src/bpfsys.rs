@@ -11,8 +11,9 @@ use std::{
     path::Path,
 };
 
+// Values of enum bpf_cmd (include/uapi/linux/bpf.h).
 const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_LINK_UPDATE: libc::c_long = 30;
+const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
 fn bpf(cmd: libc::c_long, attr: &mut [u64; 4]) -> io::Result<libc::c_long> {
