@@ -94,7 +94,9 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
 pub fn connect6(ctx: SockAddrContext) -> i32 {
     // SAFETY: as in connect4.
     let sa = unsafe { &mut *ctx.sock_addr };
-    let dst = Addr { words: read_ip6(sa) };
+    let dst = Addr {
+        words: read_ip6(sa),
+    };
     let port = u16::from_be(sa.user_port as u16);
     match sa.type_ {
         SOCK_STREAM => {
@@ -123,14 +125,24 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
     // SAFETY: as in connect4.
     let sa = unsafe { &*ctx.sock_addr };
-    udp_verdict(&ctx, Addr::v4_mapped(sa.user_ip4), u16::from_be(sa.user_port as u16))
+    udp_verdict(
+        &ctx,
+        Addr::v4_mapped(sa.user_ip4),
+        u16::from_be(sa.user_port as u16),
+    )
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     // SAFETY: as in connect4.
     let sa = unsafe { &*ctx.sock_addr };
-    udp_verdict(&ctx, Addr { words: read_ip6(sa) }, u16::from_be(sa.user_port as u16))
+    udp_verdict(
+        &ctx,
+        Addr {
+            words: read_ip6(sa),
+        },
+        u16::from_be(sa.user_port as u16),
+    )
 }
 
 // The verifier only allows 4-byte ctx accesses at fixed offsets; a plain
@@ -202,7 +214,10 @@ fn redirect(ctx: &SockAddrContext, _sa: &bpf_sock_addr, dst: Addr, port: u16, fa
     // An LRU insert evicts rather than fails; if it did fail the connection
     // reaches the proxy without a record and is refused there.
     let _ = COOKIE_ORIGINS.insert(&cookie, &origin, 0);
-    debug!(ctx, "connect redirected: tgid {} to port {}", origin.tgid, port);
+    debug!(
+        ctx,
+        "connect redirected: tgid {} to port {}", origin.tgid, port
+    );
     true
 }
 
@@ -214,7 +229,12 @@ fn udp_verdict(ctx: &SockAddrContext, dst: Addr, port: u16) -> i32 {
         return ALLOW;
     }
     count(counter::UDP_REFUSED);
-    info!(ctx, "udp refused: tgid {} to port {}", (bpf_get_current_pid_tgid() >> 32) as u32, port);
+    info!(
+        ctx,
+        "udp refused: tgid {} to port {}",
+        (bpf_get_current_pid_tgid() >> 32) as u32,
+        port
+    );
     REFUSE
 }
 
@@ -222,7 +242,11 @@ fn udp_verdict(ctx: &SockAddrContext, dst: Addr, port: u16) -> i32 {
 #[inline(always)]
 fn refuse_other(ctx: &SockAddrContext) -> i32 {
     count(counter::OTHER_REFUSED);
-    info!(ctx, "non-TCP/UDP connect refused: tgid {}", (bpf_get_current_pid_tgid() >> 32) as u32);
+    info!(
+        ctx,
+        "non-TCP/UDP connect refused: tgid {}",
+        (bpf_get_current_pid_tgid() >> 32) as u32
+    );
     REFUSE
 }
 
@@ -262,7 +286,11 @@ fn hand_off(ctx: &SockOpsContext) {
             },
         }
     };
-    let key = SockKey { addr, port: ctx.local_port() as u16, _pad: 0 };
+    let key = SockKey {
+        addr,
+        port: ctx.local_port() as u16,
+        _pad: 0,
+    };
     if ORIGINS.insert(&key, &origin, 0).is_ok() {
         count(counter::ORIGIN_HANDED_OFF);
     }

@@ -12,24 +12,32 @@ use std::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("no cgroup2 filesystem is mounted (looked in /proc/self/mountinfo); mount one, e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`")]
+    #[error(
+        "no cgroup2 filesystem is mounted (looked in /proc/self/mountinfo); mount one, e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`"
+    )]
     NoCgroup2,
     #[error("cgroup {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("cannot resolve the cgroup of unit {unit}: {message}")]
     Unit { unit: String, message: String },
-    #[error("cgroup path `{0}` must be absolute within the cgroup2 mount and must not contain `..`")]
+    #[error(
+        "cgroup path `{0}` must be absolute within the cgroup2 mount and must not contain `..`"
+    )]
     BadPath(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
-    move |source| CgroupError::Io { path: path.to_owned(), source }
+    move |source| CgroupError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// The cgroup2 mount point, read from /proc/self/mountinfo (never assumed:
 /// hybrid hosts mount it at /sys/fs/cgroup/unified).
 pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
-    let info = fs::read_to_string("/proc/self/mountinfo").map_err(io_err(Path::new("/proc/self/mountinfo")))?;
+    let info = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(io_err(Path::new("/proc/self/mountinfo")))?;
     parse_cgroup2_mount(&info).ok_or(CgroupError::NoCgroup2)
 }
 
@@ -47,12 +55,14 @@ fn unescape_mount_path(s: &str) -> PathBuf {
     let bytes = s.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() {
-            if let Some(v) = s.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok()) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
+        let escaped = (bytes[i] == b'\\')
+            .then(|| s.get(i + 1..i + 4))
+            .flatten()
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
+        if let Some(v) = escaped {
+            out.push(v);
+            i += 4;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -72,8 +82,15 @@ impl Cgroup {
         if !rel.starts_with('/') || rel.split('/').any(|c| c == "..") {
             return Err(CgroupError::BadPath(rel.to_owned()));
         }
-        let rel = if rel.len() > 1 { rel.trim_end_matches('/') } else { rel };
-        Ok(Self { rel: rel.to_owned(), dir: mount.join(rel.trim_start_matches('/')) })
+        let rel = if rel.len() > 1 {
+            rel.trim_end_matches('/')
+        } else {
+            rel
+        };
+        Ok(Self {
+            rel: rel.to_owned(),
+            dir: mount.join(rel.trim_start_matches('/')),
+        })
     }
 
     pub fn create(&self) -> Result<(), CgroupError> {
@@ -96,12 +113,6 @@ impl Cgroup {
 
     pub fn procs_path(&self) -> PathBuf {
         self.dir.join("cgroup.procs")
-    }
-
-    pub fn add_pid(&self, pid: u32) -> Result<(), CgroupError> {
-        let path = self.procs_path();
-        let mut f = fs::OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
-        f.write_all(pid.to_string().as_bytes()).map_err(io_err(&path))
     }
 
     pub fn pids(&self) -> Vec<u32> {
@@ -135,7 +146,10 @@ impl Cgroup {
             for entry in entries.flatten() {
                 if entry.file_type().is_ok_and(|t| t.is_dir()) {
                     let rel = format!("{}/{}", self.rel, entry.file_name().to_string_lossy());
-                    let child = Cgroup { rel, dir: entry.path() };
+                    let child = Cgroup {
+                        rel,
+                        dir: entry.path(),
+                    };
                     child.kill_and_remove()?;
                 }
             }
@@ -147,13 +161,14 @@ impl Cgroup {
 /// The cgroup v2 path ("/a/b") of a process, from /proc/PID/cgroup.
 pub fn path_of_pid(pid: u32) -> Option<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
 }
 
 /// Finds the cgroup path with this id by walking the tree (slow; only for
 /// processes that exited before we could read /proc).
 pub fn path_of_id(mount: &Path, id: u64) -> Option<String> {
-    fn walk(mount: &Path, dir: &Path, id: u64, depth: usize) -> Option<PathBuf> {
+    fn walk(dir: &Path, id: u64, depth: usize) -> Option<PathBuf> {
         if fs::metadata(dir).ok()?.ino() == id {
             return Some(dir.to_owned());
         }
@@ -161,15 +176,17 @@ pub fn path_of_id(mount: &Path, id: u64) -> Option<String> {
             return None;
         }
         for entry in fs::read_dir(dir).ok()?.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                if let Some(found) = walk(mount, &entry.path(), id, depth - 1) {
-                    return Some(found);
-                }
+            let found = entry
+                .file_type()
+                .is_ok_and(|t| t.is_dir())
+                .then(|| walk(&entry.path(), id, depth - 1));
+            if let Some(Some(found)) = found {
+                return Some(found);
             }
         }
         None
     }
-    let found = walk(mount, mount, id, 16)?;
+    let found = walk(mount, id, 16)?;
     let rel = found.strip_prefix(mount).ok()?;
     Some(format!("/{}", rel.display()))
 }
@@ -179,7 +196,10 @@ pub fn unit_cgroup(unit: &str) -> Result<String, CgroupError> {
     let out = Command::new("systemctl")
         .args(["show", "--property=ControlGroup", "--value", unit])
         .output()
-        .map_err(|e| CgroupError::Unit { unit: unit.to_owned(), message: format!("cannot run systemctl: {e}") })?;
+        .map_err(|e| CgroupError::Unit {
+            unit: unit.to_owned(),
+            message: format!("cannot run systemctl: {e}"),
+        })?;
     let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     if !out.status.success() || path.is_empty() {
         return Err(CgroupError::Unit {
@@ -195,7 +215,9 @@ pub fn unit_cgroup(unit: &str) -> Result<String, CgroupError> {
 
 /// The systemd unit a cgroup path belongs to, if it names one.
 pub fn unit_of_path(path: &str) -> Option<String> {
-    path.rsplit('/').find(|c| c.ends_with(".service") || c.ends_with(".scope")).map(str::to_owned)
+    path.rsplit('/')
+        .find(|c| c.ends_with(".service") || c.ends_with(".scope"))
+        .map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -207,8 +229,14 @@ mod tests {
         let info = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
                     40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd\n\
                     41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        assert_eq!(parse_cgroup2_mount(info), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        assert_eq!(parse_cgroup2_mount("1 2 0:1 / /x rw - ext4 /dev/sda rw\n"), None);
+        assert_eq!(
+            parse_cgroup2_mount(info),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            parse_cgroup2_mount("1 2 0:1 / /x rw - ext4 /dev/sda rw\n"),
+            None
+        );
         assert_eq!(unescape_mount_path("/a\\040b"), PathBuf::from("/a b"));
     }
 
@@ -223,7 +251,10 @@ mod tests {
 
     #[test]
     fn unit_from_path() {
-        assert_eq!(unit_of_path("/system.slice/coder.service"), Some("coder.service".into()));
+        assert_eq!(
+            unit_of_path("/system.slice/coder.service"),
+            Some("coder.service".into())
+        );
         assert_eq!(unit_of_path("/agentguard/coder"), None);
     }
 }

@@ -17,11 +17,19 @@ pub const DEFAULT_PORT: u16 = 15001;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid config {path}, line {line}: `{key}`: {message}")]
-    Invalid { path: PathBuf, line: usize, key: String, message: String },
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -137,7 +145,10 @@ fn default_protocol() -> Protocol {
 
 impl Default for Listener {
     fn default() -> Self {
-        Self { port: DEFAULT_PORT, connect_timeout_secs: default_connect_timeout() }
+        Self {
+            port: DEFAULT_PORT,
+            connect_timeout_secs: default_connect_timeout(),
+        }
     }
 }
 
@@ -174,8 +185,10 @@ impl Config {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(path, &text)
     }
 
@@ -200,7 +213,10 @@ impl Config {
             if set != 1 {
                 return Err(ConfigError::Parse {
                     path: path.to_owned(),
-                    message: format!("agent `{}`: set exactly one of `cgroup` or `unit`", agent.name),
+                    message: format!(
+                        "agent `{}`: set exactly one of `cgroup` or `unit`",
+                        agent.name
+                    ),
                 });
             }
         }
@@ -208,15 +224,28 @@ impl Config {
         for (index, target) in self.targets.iter().enumerate() {
             let address = target.address.get_ref();
             let (host, _) = address.rsplit_once(':').ok_or_else(|| {
-                invalid(target.address.span(), "targets.address", format!("`{address}` has no port (want host:port)"))
+                invalid(
+                    target.address.span(),
+                    "targets.address",
+                    format!("`{address}` has no port (want host:port)"),
+                )
             })?;
             let addrs: Vec<SocketAddr> = address
                 .to_socket_addrs()
-                .map_err(|e| invalid(target.address.span(), "targets.address", format!("cannot resolve `{address}`: {e}")))?
+                .map_err(|e| {
+                    invalid(
+                        target.address.span(),
+                        "targets.address",
+                        format!("cannot resolve `{address}`: {e}"),
+                    )
+                })?
                 .collect();
             self.resolved.push(ResolvedTarget {
                 index,
-                host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                host: host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
                 addrs,
             });
         }
@@ -225,7 +254,11 @@ impl Config {
                 .iter()
                 .map(|r| {
                     r.get_ref().parse::<IpAddr>().map_err(|e| {
-                        invalid(r.span(), "dns.resolvers", format!("`{}` is not an IP address: {e}", r.get_ref()))
+                        invalid(
+                            r.span(),
+                            "dns.resolvers",
+                            format!("`{}` is not an IP address: {e}", r.get_ref()),
+                        )
                     })
                 })
                 .collect::<Result<_, _>>()?,
@@ -239,7 +272,11 @@ impl Config {
         let dst = SocketAddr::new(crate::net::canonical_ip(dst.ip()), dst.port());
         self.resolved
             .iter()
-            .find(|r| r.addrs.iter().any(|a| SocketAddr::new(crate::net::canonical_ip(a.ip()), a.port()) == dst))
+            .find(|r| {
+                r.addrs
+                    .iter()
+                    .any(|a| SocketAddr::new(crate::net::canonical_ip(a.ip()), a.port()) == dst)
+            })
             .map(|r| (&self.targets[r.index], r))
     }
 
@@ -299,10 +336,20 @@ labels = ["production"]
         assert_eq!(config.resolvers.len(), 2);
         assert_eq!(config.targets[0].protocol, Protocol::Postgres);
         let dst: SocketAddr = "127.0.0.1:5432".parse().expect("addr");
-        assert_eq!(config.target_for(dst).map(|(t, _)| t.name.as_str()), Some("app-db"));
+        assert_eq!(
+            config.target_for(dst).map(|(t, _)| t.name.as_str()),
+            Some("app-db")
+        );
         let mapped: SocketAddr = "[::ffff:127.0.0.1]:5432".parse().expect("addr");
-        assert!(config.target_for(mapped).is_some(), "v4-mapped matches the v4 target");
-        assert!(config.target_for("127.0.0.1:5433".parse().expect("addr")).is_none());
+        assert!(
+            config.target_for(mapped).is_some(),
+            "v4-mapped matches the v4 target"
+        );
+        assert!(
+            config
+                .target_for("127.0.0.1:5433".parse().expect("addr"))
+                .is_none()
+        );
     }
 
     #[test]
@@ -315,9 +362,13 @@ labels = ["production"]
 
     #[test]
     fn bad_address_names_key_and_line() {
-        let err = parse("[[targets]]\nname = \"a\"\n\naddress = \"nope\"\n").expect_err("must fail");
+        let err =
+            parse("[[targets]]\nname = \"a\"\n\naddress = \"nope\"\n").expect_err("must fail");
         let msg = err.to_string();
-        assert!(msg.contains("line 4") && msg.contains("targets.address"), "{msg}");
+        assert!(
+            msg.contains("line 4") && msg.contains("targets.address"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -329,12 +380,21 @@ labels = ["production"]
     #[test]
     fn agent_needs_cgroup_or_unit() {
         assert!(parse("[[agents]]\nname = \"a\"\n").is_err());
-        assert!(parse("[[agents]]\nname = \"a\"\ncgroup = \"/x\"\nunit = \"y.service\"\n").is_err());
+        assert!(
+            parse("[[agents]]\nname = \"a\"\ncgroup = \"/x\"\nunit = \"y.service\"\n").is_err()
+        );
     }
 
     #[test]
     fn resolv_conf() {
-        let ips = parse_resolv_conf("# c\nnameserver 10.0.0.1\nnameserver fe80::1%eth0\noptions x\n");
-        assert_eq!(ips, vec!["10.0.0.1".parse::<IpAddr>().expect("ip"), "fe80::1".parse().expect("ip")]);
+        let ips =
+            parse_resolv_conf("# c\nnameserver 10.0.0.1\nnameserver fe80::1%eth0\noptions x\n");
+        assert_eq!(
+            ips,
+            vec![
+                "10.0.0.1".parse::<IpAddr>().expect("ip"),
+                "fe80::1".parse().expect("ip")
+            ]
+        );
     }
 }

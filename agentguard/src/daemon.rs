@@ -37,11 +37,14 @@ pub struct DaemonInfo {
 
 /// The daemon's lock: held (flock) for the daemon's whole life, so a dead
 /// daemon never looks alive.
-pub struct Lock(fs::File);
+pub struct Lock {
+    _file: fs::File,
+}
 
 impl Lock {
     pub fn try_acquire(run_dir: &Path) -> anyhow::Result<Option<Self>> {
-        fs::create_dir_all(run_dir).with_context(|| format!("cannot create run_dir {}", run_dir.display()))?;
+        fs::create_dir_all(run_dir)
+            .with_context(|| format!("cannot create run_dir {}", run_dir.display()))?;
         let path = run_dir.join(LOCK_FILE);
         let file = fs::OpenOptions::new()
             .create(true)
@@ -51,7 +54,7 @@ impl Lock {
             .with_context(|| format!("cannot open {}", path.display()))?;
         // SAFETY: flock on an fd we own.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        Ok((rc == 0).then_some(Self(file)))
+        Ok((rc == 0).then_some(Self { _file: file }))
     }
 }
 
@@ -62,7 +65,9 @@ pub fn running(run_dir: &Path) -> Option<DaemonInfo> {
     }
     match Lock::try_acquire(run_dir) {
         Ok(Some(_free)) => None,
-        Ok(None) => fs::read(run_dir.join(INFO_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok()),
+        Ok(None) => fs::read(run_dir.join(INFO_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok()),
         Err(_) => None,
     }
 }
@@ -79,9 +84,15 @@ pub fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
     }
     let target = Path::new("/sys/fs/bpf");
     if !dir.starts_with(target) {
-        bail!("{} is not on a bpffs mount; mount one (mount -t bpf bpf DIR) or set bpffs_dir", dir.display());
+        bail!(
+            "{} is not on a bpffs mount; mount one (mount -t bpf bpf DIR) or set bpffs_dir",
+            dir.display()
+        );
     }
-    let status = std::process::Command::new("mount").args(["-t", "bpf", "bpf"]).arg(target).status()?;
+    let status = std::process::Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(target)
+        .status()?;
     if !status.success() {
         bail!("cannot mount bpffs at {}", target.display());
     }
@@ -100,14 +111,17 @@ pub fn agent_cgroup(mount: &Path, agent: &crate::config::Agent) -> anyhow::Resul
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let Some(_lock) = Lock::try_acquire(&config.run_dir)? else {
-        bail!("another agentguard daemon holds {}", config.run_dir.join(LOCK_FILE).display());
+        bail!(
+            "another agentguard daemon holds {}",
+            config.run_dir.join(LOCK_FILE).display()
+        );
     };
     ensure_bpffs(&config.bpffs_dir)?;
     let mount = cgroup::cgroup2_mount()?;
     // Listen first: from the moment the programs are refreshed, connects
     // arrive here.
-    let (listeners, port) =
-        proxy::bind(config.listener.port).with_context(|| format!("cannot listen on port {}", config.listener.port))?;
+    let (listeners, port) = proxy::bind(config.listener.port)
+        .with_context(|| format!("cannot listen on port {}", config.listener.port))?;
     let mut redirect = Redirect::load(&LoadOptions {
         proxy_port: port,
         pin_dir: Some(&config.bpffs_dir),
@@ -120,14 +134,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         redirect.attach(&cg)?;
         agents.register(cg.id()?, &agent.name);
     }
-    let info = DaemonInfo { pid: std::process::id(), port, bpffs_dir: config.bpffs_dir.clone() };
+    let info = DaemonInfo {
+        pid: std::process::id(),
+        port,
+        bpffs_dir: config.bpffs_dir.clone(),
+    };
     let info_path = config.run_dir.join(INFO_FILE);
-    let mut f = fs::File::create(&info_path).with_context(|| format!("cannot write {}", info_path.display()))?;
+    let mut f = fs::File::create(&info_path)
+        .with_context(|| format!("cannot write {}", info_path.display()))?;
     f.write_all(&serde_json::to_vec(&info)?)?;
-    info!(port, agents = config.agents.len(), targets = config.targets.len(), "agentguard daemon ready");
+    info!(
+        port,
+        agents = config.agents.len(),
+        targets = config.targets.len(),
+        "agentguard daemon ready"
+    );
 
     let config = Arc::new(config);
-    let proxy = Arc::new(Proxy::new(Arc::new(redirect), Arc::clone(&config), Arc::new(AllowList), agents, port));
+    let proxy = Arc::new(Proxy::new(
+        Arc::new(redirect),
+        Arc::clone(&config),
+        Arc::new(AllowList),
+        agents,
+        port,
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let serving = tokio::spawn(Arc::clone(&proxy).serve(listeners, stop_rx));
     wait_for_stop_signal().await;
@@ -140,7 +170,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 async fn wait_for_stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };

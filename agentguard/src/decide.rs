@@ -55,6 +55,7 @@ pub enum Request {
 pub enum Action {
     Allow,
     Deny,
+    #[allow(dead_code, reason = "produced by the policy engine")]
     Approve,
 }
 
@@ -66,7 +67,10 @@ pub struct Decision {
 
 impl Decision {
     pub fn deny(reason: impl Into<String>) -> Self {
-        Self { action: Action::Deny, reason: reason.into() }
+        Self {
+            action: Action::Deny,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -80,7 +84,10 @@ pub struct AllowList;
 impl Decide for AllowList {
     fn decide(&self, input: &Input) -> Decision {
         match &input.target.name {
-            Some(name) => Decision { action: Action::Allow, reason: format!("configured target {name}") },
+            Some(name) => Decision {
+                action: Action::Allow,
+                reason: format!("configured target {name}"),
+            },
             None => Decision::deny(format!(
                 "{}:{} is not a configured target",
                 input.target.ip, input.target.port
@@ -118,8 +125,17 @@ mod tests {
             target: Target::for_destination(&config, dst.parse().expect("addr")),
             request: Request::Connect,
         };
-        assert_eq!(AllowList.decide(&input("127.0.0.1:5432")).action, Action::Allow);
-        assert_eq!(AllowList.decide(&input("[::ffff:127.0.0.1]:5432")).action, Action::Allow);
-        assert_eq!(AllowList.decide(&input("127.0.0.1:22")).action, Action::Deny);
+        assert_eq!(
+            AllowList.decide(&input("127.0.0.1:5432")).action,
+            Action::Allow
+        );
+        assert_eq!(
+            AllowList.decide(&input("[::ffff:127.0.0.1]:5432")).action,
+            Action::Allow
+        );
+        assert_eq!(
+            AllowList.decide(&input("127.0.0.1:22")).action,
+            Action::Deny
+        );
     }
 }

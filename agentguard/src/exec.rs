@@ -20,35 +20,54 @@ use crate::{
 };
 
 pub async fn exec(config: Config, agent: Option<String>, argv: Vec<String>) -> anyhow::Result<i32> {
-    let Some((program, args)) = argv.split_first() else { bail!("exec needs a command") };
+    let Some((program, args)) = argv.split_first() else {
+        bail!("exec needs a command")
+    };
     let mount = cgroup::cgroup2_mount()?;
     let me = std::process::id();
 
     let agent_entry = match &agent {
-        Some(name) => Some(config.agent(name).with_context(|| format!("no agent named `{name}` in the config"))?),
+        Some(name) => Some(
+            config
+                .agent(name)
+                .with_context(|| format!("no agent named `{name}` in the config"))?,
+        ),
         None => config.agents.first(),
     };
-    let agent_name = agent.clone().or_else(|| agent_entry.map(|a| a.name.clone())).unwrap_or_else(|| "exec".into());
+    let agent_name = agent
+        .clone()
+        .or_else(|| agent_entry.map(|a| a.name.clone()))
+        .unwrap_or_else(|| "exec".into());
 
     // Keeps the private guard alive until the command is done.
     let mut private = None;
     let cg = match daemon::running(&config.run_dir) {
         Some(info) => {
             let Some(entry) = agent_entry else {
-                bail!("a daemon is running (pid {}); name one of its agents with --agent", info.pid)
+                bail!(
+                    "a daemon is running (pid {}); name one of its agents with --agent",
+                    info.pid
+                )
             };
             let parent = daemon::agent_cgroup(&mount, entry)?;
             let attached = links_dir(&info.bpffs_dir).join(parent.id()?.to_string());
             if !attached.exists() {
-                bail!("agent `{}` ({}) is not attached by the running daemon", entry.name, parent.rel);
+                bail!(
+                    "agent `{}` ({}) is not attached by the running daemon",
+                    entry.name,
+                    parent.rel
+                );
             }
             info!(daemon_pid = info.pid, agent = %entry.name, "using the running daemon");
             Cgroup::new(&mount, &format!("{}/exec-{me}", parent.rel))?
         }
         None => {
             let (listeners, port) = proxy::bind(0).context("cannot bind the proxy listener")?;
-            let mut redirect =
-                Redirect::load(&LoadOptions { proxy_port: port, pin_dir: None, dns_resolvers: &config.resolvers })?;
+            let mut redirect = Redirect::load(&LoadOptions {
+                proxy_port: port,
+                pin_dir: None,
+                dns_resolvers: &config.resolvers,
+            })?;
             let cg = Cgroup::new(&mount, &format!("/agentguard/{agent_name}-{me}"))?;
             cg.create()?;
             if let Err(e) = redirect.attach(&cg) {
@@ -57,7 +76,13 @@ pub async fn exec(config: Config, agent: Option<String>, argv: Vec<String>) -> a
             }
             let agents = Arc::new(AgentRegistry::default());
             agents.register(cg.id()?, &agent_name);
-            let proxy = Arc::new(Proxy::new(Arc::new(redirect), Arc::new(config.clone()), Arc::new(AllowList), agents, port));
+            let proxy = Arc::new(Proxy::new(
+                Arc::new(redirect),
+                Arc::new(config.clone()),
+                Arc::new(AllowList),
+                agents,
+                port,
+            ));
             let (stop_tx, stop_rx) = watch::channel(false);
             let task = tokio::spawn(Arc::clone(&proxy).serve(listeners, stop_rx));
             info!(port, cgroup = %cg.rel, "no daemon running: guarding in-process");
@@ -92,10 +117,16 @@ async fn run_child(cg: &Cgroup, program: &str, args: &[String]) -> anyhow::Resul
     unsafe {
         cmd.pre_exec(move || {
             let n = libc::write(procs_fd, b"0".as_ptr().cast(), 1);
-            if n == 1 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
         });
     }
-    let mut child = cmd.spawn().with_context(|| format!("cannot run {program}"))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run {program}"))?;
     drop(procs);
     let pid = child.id().unwrap_or(0) as libc::pid_t;
     debug!(pid, cgroup = %cg.rel, "command started");
@@ -132,5 +163,7 @@ async fn run_child(cg: &Cgroup, program: &str, args: &[String]) -> anyhow::Resul
         }
     };
     use std::os::unix::process::ExitStatusExt as _;
-    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }

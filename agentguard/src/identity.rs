@@ -33,29 +33,53 @@ pub struct AgentRegistry {
 
 impl AgentRegistry {
     pub fn register(&self, cgroup_id: u64, agent: &str) {
-        self.by_cgroup_id.write().unwrap_or_else(|p| p.into_inner()).insert(cgroup_id, agent.to_owned());
+        self.by_cgroup_id
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cgroup_id, agent.to_owned());
     }
 
     fn get(&self, cgroup_id: u64) -> Option<String> {
-        self.by_cgroup_id.read().unwrap_or_else(|p| p.into_inner()).get(&cgroup_id).cloned()
+        self.by_cgroup_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&cgroup_id)
+            .cloned()
     }
 }
 
 impl Identity {
-    pub fn resolve(origin: &Origin, config: &Config, agents: &AgentRegistry, cgroup_mount: Option<&Path>) -> Self {
+    pub fn resolve(
+        origin: &Origin,
+        config: &Config,
+        agents: &AgentRegistry,
+        cgroup_mount: Option<&Path>,
+    ) -> Self {
         let pid = origin.tgid;
-        let comm_len = origin.comm.iter().position(|&b| b == 0).unwrap_or(origin.comm.len());
+        let comm_len = origin
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(origin.comm.len());
         let comm = String::from_utf8_lossy(&origin.comm[..comm_len]).into_owned();
-        let exe = fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string());
+        let exe = fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|p| p.display().to_string());
         let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
             .map(|raw| {
-                raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+                raw.split(|&b| b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
             })
             .unwrap_or_default();
         // /proc may show a later cgroup (or none, if the process is gone); the
         // kernel's cgroup id is the one the connect came from.
         let cgroup = cgroup::path_of_pid(pid)
-            .filter(|p| cgroup_mount.and_then(|m| cgroup::Cgroup::new(m, p).ok()?.id().ok()) == Some(origin.cgroup_id))
+            .filter(|p| {
+                cgroup_mount.and_then(|m| cgroup::Cgroup::new(m, p).ok()?.id().ok())
+                    == Some(origin.cgroup_id)
+            })
             .or_else(|| cgroup_mount.and_then(|m| cgroup::path_of_id(m, origin.cgroup_id)));
         let agent = agents.get(origin.cgroup_id).or_else(|| {
             let path = cgroup.as_deref()?;
@@ -63,7 +87,12 @@ impl Identity {
                 .agents
                 .iter()
                 .filter_map(|a| a.cgroup.as_deref().map(|c| (a, c)))
-                .filter(|(_, c)| path == *c || path.strip_prefix(*c).is_some_and(|rest| rest.starts_with('/')))
+                .filter(|(_, c)| {
+                    path == *c
+                        || path
+                            .strip_prefix(*c)
+                            .is_some_and(|rest| rest.starts_with('/'))
+                })
                 .max_by_key(|(_, c)| c.len())
                 .map(|(a, _)| a.name.clone())
         });

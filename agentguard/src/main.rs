@@ -90,7 +90,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("agentguard: cannot start the runtime: {e}");
@@ -126,16 +129,25 @@ fn attach(config: &Config, arg: &CgroupArg) -> anyhow::Result<()> {
     // The running daemon's port wins over the config's: its listener is
     // where the attached cgroup's connects must go.
     let port = daemon::running(&config.run_dir).map_or(config.listener.port, |d| d.port);
-    let mut redirect =
-        Redirect::load(&LoadOptions { proxy_port: port, pin_dir: Some(&config.bpffs_dir), dns_resolvers: &config.resolvers })?;
+    let mut redirect = Redirect::load(&LoadOptions {
+        proxy_port: port,
+        pin_dir: Some(&config.bpffs_dir),
+        dns_resolvers: &config.resolvers,
+    })?;
     redirect.attach(&cg)?;
-    println!("attached {} (cgroup id {}) → proxy port {port}", cg.rel, cg.id()?);
+    println!(
+        "attached {} (cgroup id {}) → proxy port {port}",
+        cg.rel,
+        cg.id()?
+    );
     Ok(())
 }
 
 fn detach(config: &Config, arg: &CgroupArg) -> anyhow::Result<()> {
     let cg = arg.resolve()?;
-    let id = cg.id().with_context(|| format!("cgroup {} not found", cg.rel))?;
+    let id = cg
+        .id()
+        .with_context(|| format!("cgroup {} not found", cg.rel))?;
     if redirect::detach_pinned(&config.bpffs_dir, id)? {
         println!("detached {} (cgroup id {id})", cg.rel);
         Ok(())
@@ -146,15 +158,27 @@ fn detach(config: &Config, arg: &CgroupArg) -> anyhow::Result<()> {
 
 fn status(config: &Config) -> anyhow::Result<()> {
     match daemon::running(&config.run_dir) {
-        Some(d) => println!("daemon:    running (pid {}), proxy on 127.0.0.1:{} and [::1]:{}", d.pid, d.port, d.port),
-        None => println!("daemon:    not running — attached cgroups have their connections refused (fail closed)"),
+        Some(d) => println!(
+            "daemon:    running (pid {}), proxy on 127.0.0.1:{} and [::1]:{}",
+            d.pid, d.port, d.port
+        ),
+        None => println!(
+            "daemon:    not running — attached cgroups have their connections refused (fail closed)"
+        ),
     }
     println!("bpffs:     {}", config.bpffs_dir.display());
+    println!("state:     {}", config.state_dir.display());
+    println!("policies:  {}", config.policy_dir.display());
     let state = redirect::pinned_state(&config.bpffs_dir);
     let programs: Vec<String> = state
         .programs
         .iter()
-        .map(|(name, id)| format!("{name}={}", id.map_or("not loaded".to_owned(), |i| format!("id {i}"))))
+        .map(|(name, id)| {
+            format!(
+                "{name}={}",
+                id.map_or("not loaded".to_owned(), |i| format!("id {i}"))
+            )
+        })
         .collect();
     println!("programs:  {}", programs.join(", "));
     let mount = cgroup::cgroup2_mount().ok();
@@ -162,10 +186,17 @@ fn status(config: &Config) -> anyhow::Result<()> {
         println!("attached:  none");
     }
     for id in &state.attached {
-        let path = mount.as_deref().and_then(|m| cgroup::path_of_id(m, *id)).unwrap_or_else(|| "(cgroup gone)".into());
+        let path = mount
+            .as_deref()
+            .and_then(|m| cgroup::path_of_id(m, *id))
+            .unwrap_or_else(|| "(cgroup gone)".into());
         println!("attached:  {path} (cgroup id {id})");
     }
-    let counters: Vec<String> = state.counters.iter().map(|(n, v)| format!("{n}={v}")).collect();
+    let counters: Vec<String> = state
+        .counters
+        .iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect();
     if !counters.is_empty() {
         println!("counters:  {}", counters.join(" "));
     }

@@ -20,7 +20,9 @@ pub fn to_addr(ip: IpAddr) -> Addr {
     };
     let o = v6.octets();
     let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
-    Addr { words: [word(0), word(4), word(8), word(12)] }
+    Addr {
+        words: [word(0), word(4), word(8), word(12)],
+    }
 }
 
 pub fn from_addr(addr: &Addr) -> IpAddr {
@@ -34,7 +36,11 @@ pub fn from_addr(addr: &Addr) -> IpAddr {
 /// The key the sock_ops program stored the origin under, from the peer
 /// address of an accepted connection.
 pub fn sock_key(peer: SocketAddr) -> SockKey {
-    SockKey { addr: to_addr(peer.ip()), port: peer.port(), _pad: 0 }
+    SockKey {
+        addr: to_addr(peer.ip()),
+        port: peer.port(),
+        _pad: 0,
+    }
 }
 
 #[cfg(test)]
@@ -48,8 +54,14 @@ mod tests {
             assert_eq!(from_addr(&to_addr(ip)), ip);
         }
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().expect("ip");
-        assert_eq!(from_addr(&to_addr(mapped)), "127.0.0.1".parse::<IpAddr>().expect("ip"));
-        assert_eq!(to_addr(mapped), Addr::v4_mapped(u32::from_ne_bytes([127, 0, 0, 1])));
+        assert_eq!(
+            from_addr(&to_addr(mapped)),
+            "127.0.0.1".parse::<IpAddr>().expect("ip")
+        );
+        assert_eq!(
+            to_addr(mapped),
+            Addr::v4_mapped(u32::from_ne_bytes([127, 0, 0, 1]))
+        );
         assert!(to_addr(mapped).is_v4_mapped());
     }
 }

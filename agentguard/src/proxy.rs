@@ -53,11 +53,18 @@ pub fn bind(port: u16) -> io::Result<(Vec<TcpListener>, u16)> {
             Err(e) => return Err(e),
         }
     }
-    Err(io::Error::new(io::ErrorKind::AddrInUse, "no port free on both 127.0.0.1 and ::1"))
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "no port free on both 127.0.0.1 and ::1",
+    ))
 }
 
 fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
@@ -84,7 +91,11 @@ impl Proxy {
 
     /// Serves until `shutdown` turns true. Errors on one connection never end
     /// the loop.
-    pub async fn serve(self: Arc<Self>, listeners: Vec<TcpListener>, shutdown: watch::Receiver<bool>) {
+    pub async fn serve(
+        self: Arc<Self>,
+        listeners: Vec<TcpListener>,
+        shutdown: watch::Receiver<bool>,
+    ) {
         let mut tasks = Vec::new();
         for listener in listeners {
             let proxy = Arc::clone(&self);
@@ -124,7 +135,12 @@ impl Proxy {
             return;
         };
         let dst = SocketAddr::new(net::from_addr(&origin.dst), origin.dst_port);
-        let identity = Identity::resolve(&origin, &self.config, &self.agents, self.cgroup_mount.as_deref());
+        let identity = Identity::resolve(
+            &origin,
+            &self.config,
+            &self.agents,
+            self.cgroup_mount.as_deref(),
+        );
         let span = info_span!(
             "conn",
             id,
@@ -135,12 +151,18 @@ impl Proxy {
             %dst,
         );
         async move {
-            if dst.port() == self.listen_port && (dst.ip().is_loopback() || dst.ip().is_unspecified()) {
+            if dst.port() == self.listen_port
+                && (dst.ip().is_loopback() || dst.ip().is_unspecified())
+            {
                 warn!("refused: direct connection to the agentguard proxy port");
                 reset(client);
                 return;
             }
-            let input = Input { target: Target::for_destination(&self.config, dst), identity, request: Request::Connect };
+            let input = Input {
+                target: Target::for_destination(&self.config, dst),
+                identity,
+                request: Request::Connect,
+            };
             let decision = self.decider.decide(&input);
             match decision.action {
                 Action::Allow => {}
@@ -165,7 +187,10 @@ impl Proxy {
                     return;
                 }
             };
-            let upstream_local = upstream.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let upstream_local = upstream
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
             info!(reason = %decision.reason, %upstream_local, "allowed");
             let _ = client.set_nodelay(true);
             let _ = upstream.set_nodelay(true);

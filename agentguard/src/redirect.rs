@@ -18,8 +18,9 @@ use std::{
 };
 
 use agentguard_common::{
-    self as common, GLOBAL_PROXY_PORT, MAP_COOKIE_ORIGINS, MAP_COUNTERS, MAP_DNS_RESOLVERS, MAP_ORIGINS, Origin,
-    PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_OPS, SockKey,
+    self as common, GLOBAL_PROXY_PORT, MAP_COOKIE_ORIGINS, MAP_COUNTERS, MAP_DNS_RESOLVERS,
+    MAP_ORIGINS, Origin, PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_OPS,
+    SockKey,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -34,19 +35,41 @@ use crate::{bpfsys, cgroup::Cgroup, net};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agentguard"));
 
 const SOCK_ADDR_PROGRAMS: [&str; 4] = [PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6];
-pub const ALL_PROGRAMS: [&str; 5] = [PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_OPS];
-const PINNED_MAPS: [&str; 4] = [MAP_COOKIE_ORIGINS, MAP_ORIGINS, MAP_DNS_RESOLVERS, MAP_COUNTERS];
+pub const ALL_PROGRAMS: [&str; 5] = [
+    PROG_CONNECT4,
+    PROG_CONNECT6,
+    PROG_SENDMSG4,
+    PROG_SENDMSG6,
+    PROG_SOCK_OPS,
+];
+const PINNED_MAPS: [&str; 4] = [
+    MAP_COOKIE_ORIGINS,
+    MAP_ORIGINS,
+    MAP_DNS_RESOLVERS,
+    MAP_COUNTERS,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedirectError {
-    #[error("loading the eBPF programs failed (agentguard needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_SYS_ADMIN, and a kernel with cgroup BPF): {0}")]
+    #[error(
+        "loading the eBPF programs failed (agentguard needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_SYS_ADMIN, and a kernel with cgroup BPF): {0}"
+    )]
     Load(#[from] aya::EbpfError),
     #[error("eBPF program {name}: {source}")]
-    Program { name: &'static str, source: aya::programs::ProgramError },
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
     #[error("eBPF link of {name}: {source}")]
-    Link { name: &'static str, source: aya::programs::links::LinkError },
+    Link {
+        name: &'static str,
+        source: aya::programs::links::LinkError,
+    },
     #[error("eBPF map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error("the eBPF object has no {0} (build mismatch)")]
     Missing(&'static str),
     #[error("bpffs {path}: {source} (is bpffs mounted? `mount -t bpf bpf /sys/fs/bpf`)")]
@@ -71,7 +94,10 @@ pub struct Redirect {
 }
 
 fn pin_err(path: &Path) -> impl FnOnce(io::Error) -> RedirectError + '_ {
-    move |source| RedirectError::Pin { path: path.to_owned(), source }
+    move |source| RedirectError::Pin {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 pub fn links_dir(pin_dir: &Path) -> PathBuf {
@@ -98,10 +124,14 @@ impl Redirect {
 
         for name in SOCK_ADDR_PROGRAMS {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            prog.load().map_err(|source| RedirectError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| RedirectError::Program { name, source })?;
         }
         let sock_ops: &mut SockOps = program(&mut ebpf, PROG_SOCK_OPS)?;
-        sock_ops.load().map_err(|source| RedirectError::Program { name: PROG_SOCK_OPS, source })?;
+        sock_ops.load().map_err(|source| RedirectError::Program {
+            name: PROG_SOCK_OPS,
+            source,
+        })?;
 
         // Kernel-side diagnostics (aya-log), shown at debug level.
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -112,7 +142,8 @@ impl Redirect {
             }
         };
 
-        let mut resolvers: HashMap<&mut MapData, common::Addr, u8> = map(&mut ebpf, MAP_DNS_RESOLVERS)?;
+        let mut resolvers: HashMap<&mut MapData, common::Addr, u8> =
+            map(&mut ebpf, MAP_DNS_RESOLVERS)?;
         let stale: Vec<common::Addr> = resolvers.keys().filter_map(Result::ok).collect();
         for key in stale {
             let _ = resolvers.remove(&key);
@@ -120,14 +151,26 @@ impl Redirect {
         for ip in opts.dns_resolvers {
             resolvers
                 .insert(net::to_addr(*ip), 1, 0)
-                .map_err(|source| RedirectError::Map { name: MAP_DNS_RESOLVERS, source })?;
+                .map_err(|source| RedirectError::Map {
+                    name: MAP_DNS_RESOLVERS,
+                    source,
+                })?;
         }
 
-        let origins = ebpf.take_map(MAP_ORIGINS).ok_or(RedirectError::Missing(MAP_ORIGINS))?;
-        let origins = HashMap::try_from(origins).map_err(|source| RedirectError::Map { name: MAP_ORIGINS, source })?;
+        let origins = ebpf
+            .take_map(MAP_ORIGINS)
+            .ok_or(RedirectError::Missing(MAP_ORIGINS))?;
+        let origins = HashMap::try_from(origins).map_err(|source| RedirectError::Map {
+            name: MAP_ORIGINS,
+            source,
+        })?;
 
-        let mut redirect =
-            Self { ebpf, pin_dir: opts.pin_dir.map(Path::to_owned), origins: Mutex::new(origins), _logger: logger };
+        let mut redirect = Self {
+            ebpf,
+            pin_dir: opts.pin_dir.map(Path::to_owned),
+            origins: Mutex::new(origins),
+            _logger: logger,
+        };
         if let Some(dir) = opts.pin_dir {
             redirect.pin_programs(dir)?;
             redirect.refresh_pinned_links(dir)?;
@@ -144,8 +187,14 @@ impl Redirect {
             if path.exists() {
                 fs::remove_file(&path).map_err(pin_err(&path))?;
             }
-            let prog = self.ebpf.program_mut(name).ok_or(RedirectError::Missing(name))?;
-            prog.pin(&path).map_err(|e| RedirectError::Pin { path: path.clone(), source: io::Error::other(e) })?;
+            let prog = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(RedirectError::Missing(name))?;
+            prog.pin(&path).map_err(|e| RedirectError::Pin {
+                path: path.clone(),
+                source: io::Error::other(e),
+            })?;
         }
         Ok(())
     }
@@ -153,7 +202,9 @@ impl Redirect {
     /// Every link pinned by an earlier load now runs this load's programs.
     fn refresh_pinned_links(&mut self, dir: &Path) -> Result<(), RedirectError> {
         let links = links_dir(dir);
-        let Ok(entries) = fs::read_dir(&links) else { return Ok(()) };
+        let Ok(entries) = fs::read_dir(&links) else {
+            return Ok(());
+        };
         for entry in entries.flatten() {
             for name in ALL_PROGRAMS {
                 let path = entry.path().join(name);
@@ -161,8 +212,13 @@ impl Redirect {
                     continue;
                 }
                 let link = bpfsys::obj_get(&path).map_err(pin_err(&path))?;
-                let prog = self.ebpf.program(name).ok_or(RedirectError::Missing(name))?;
-                let fd = prog.fd().map_err(|source| RedirectError::Program { name, source })?;
+                let prog = self
+                    .ebpf
+                    .program(name)
+                    .ok_or(RedirectError::Missing(name))?;
+                let fd = prog
+                    .fd()
+                    .map_err(|source| RedirectError::Program { name, source })?;
                 bpfsys::link_update(&link, fd).map_err(pin_err(&path))?;
             }
             debug!(cgroup_id = %entry.file_name().to_string_lossy(), "pinned links now run the new programs");
@@ -175,7 +231,10 @@ impl Redirect {
     /// load); private mode keeps them until this value is dropped.
     pub fn attach(&mut self, cgroup: &Cgroup) -> Result<(), RedirectError> {
         let id = cgroup.id()?;
-        let link_dir = self.pin_dir.as_deref().map(|d| links_dir(d).join(id.to_string()));
+        let link_dir = self
+            .pin_dir
+            .as_deref()
+            .map(|d| links_dir(d).join(id.to_string()));
         if let Some(dir) = &link_dir {
             if ALL_PROGRAMS.iter().all(|p| dir.join(p).exists()) {
                 info!(cgroup = %cgroup.rel, "already attached");
@@ -192,17 +251,33 @@ impl Redirect {
                 .attach(cgroup.open()?, CgroupAttachMode::Single)
                 .map_err(|source| RedirectError::Program { name, source })?;
             if let Some(dir) = &link_dir {
-                let link = prog.take_link(link_id).map_err(|source| RedirectError::Program { name, source })?;
-                pin_link(FdLink::try_from(link).map_err(|e| link_err(name, e))?, &dir.join(name))?;
+                let link = prog
+                    .take_link(link_id)
+                    .map_err(|source| RedirectError::Program { name, source })?;
+                pin_link(
+                    FdLink::try_from(link).map_err(|e| link_err(name, e))?,
+                    &dir.join(name),
+                )?;
             }
         }
         let prog: &mut SockOps = program(&mut self.ebpf, PROG_SOCK_OPS)?;
         let link_id = prog
             .attach(cgroup.open()?, CgroupAttachMode::Single)
-            .map_err(|source| RedirectError::Program { name: PROG_SOCK_OPS, source })?;
+            .map_err(|source| RedirectError::Program {
+                name: PROG_SOCK_OPS,
+                source,
+            })?;
         if let Some(dir) = &link_dir {
-            let link = prog.take_link(link_id).map_err(|source| RedirectError::Program { name: PROG_SOCK_OPS, source })?;
-            pin_link(FdLink::try_from(link).map_err(|e| link_err(PROG_SOCK_OPS, e))?, &dir.join(PROG_SOCK_OPS))?;
+            let link = prog
+                .take_link(link_id)
+                .map_err(|source| RedirectError::Program {
+                    name: PROG_SOCK_OPS,
+                    source,
+                })?;
+            pin_link(
+                FdLink::try_from(link).map_err(|e| link_err(PROG_SOCK_OPS, e))?,
+                &dir.join(PROG_SOCK_OPS),
+            )?;
         }
         info!(cgroup = %cgroup.rel, cgroup_id = id, "attached");
         Ok(())
@@ -228,7 +303,10 @@ fn pin_link(link: FdLink, path: &Path) -> Result<(), RedirectError> {
     if path.exists() {
         fs::remove_file(path).map_err(pin_err(path))?;
     }
-    link.pin(path).map(drop).map_err(|e| RedirectError::Pin { path: path.to_owned(), source: io::Error::other(e) })
+    link.pin(path).map(drop).map_err(|e| RedirectError::Pin {
+        path: path.to_owned(),
+        source: io::Error::other(e),
+    })
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, RedirectError>
@@ -236,7 +314,8 @@ where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
     let prog = ebpf.program_mut(name).ok_or(RedirectError::Missing(name))?;
-    prog.try_into().map_err(|source| RedirectError::Program { name, source })
+    prog.try_into()
+        .map_err(|source| RedirectError::Program { name, source })
 }
 
 fn map<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, RedirectError>
@@ -247,17 +326,21 @@ where
     T::try_from(m).map_err(|source| RedirectError::Map { name, source })
 }
 
-fn spawn_log_reader(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> tokio::task::JoinHandle<()> {
+fn spawn_log_reader(
+    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         // SAFETY: the logger owns its ring buffer fd and keeps it open for as
         // long as it is registered here.
-        let Ok(mut fd) =
-            (unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) })
-        else {
+        let Ok(mut fd) = (unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+        }) else {
             return;
         };
         loop {
-            let Ok(mut guard) = fd.readable_mut().await else { return };
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
             guard.get_inner_mut().flush();
             guard.clear_ready();
         }
@@ -290,24 +373,38 @@ pub struct PinnedState {
 
 pub fn pinned_state(pin_dir: &Path) -> PinnedState {
     let attached = fs::read_dir(links_dir(pin_dir))
-        .map(|it| it.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .map(|it| {
+            it.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
         .unwrap_or_default();
     let programs = ALL_PROGRAMS
         .iter()
         .map(|name| {
             let path = pin_dir.join("progs").join(name);
-            let id = aya::programs::ProgramInfo::from_pin(&path).ok().map(|i| i.id());
+            let id = aya::programs::ProgramInfo::from_pin(&path)
+                .ok()
+                .map(|i| i.id());
             (*name, id)
         })
         .collect();
     let mut counters = Vec::new();
-    if let Ok(data) = MapData::from_pin(pin_dir.join("maps").join(MAP_COUNTERS)) {
-        if let Ok(array) = PerCpuArray::<_, u64>::try_from(aya::maps::Map::PerCpuArray(data)) {
-            for (i, name) in common::counter::NAMES.iter().enumerate() {
-                let total = array.get(&(i as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
-                counters.push((*name, total));
-            }
+    let array = MapData::from_pin(pin_dir.join("maps").join(MAP_COUNTERS))
+        .ok()
+        .and_then(|data| PerCpuArray::<_, u64>::try_from(aya::maps::Map::PerCpuArray(data)).ok());
+    if let Some(array) = array {
+        for (i, name) in common::counter::NAMES.iter().enumerate() {
+            let total = array
+                .get(&(i as u32), 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0);
+            counters.push((*name, total));
         }
     }
-    PinnedState { attached, programs, counters }
+    PinnedState {
+        attached,
+        programs,
+        counters,
+    }
 }

@@ -36,7 +36,10 @@ impl Drop for Setup {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 fn start_daemon(setup: &Setup, log_name: &str) -> (Killed, PathBuf) {
@@ -62,14 +65,24 @@ fn client_in_cgroup(setup: &Setup, port: u16) -> String {
     let client = py_client("127.0.0.1", port);
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
-        .arg(format!("echo $$ > {}/cgroup.procs && exec \"$@\"", setup.cgroup_dir.display()))
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec \"$@\"",
+            setup.cgroup_dir.display()
+        ))
         .arg("sh")
         .args(&client);
-    stdout(&run_with_timeout(cmd, Duration::from_secs(30))).trim().to_owned()
+    stdout(&run_with_timeout(cmd, Duration::from_secs(30)))
+        .trim()
+        .to_owned()
 }
 
 fn status(setup: &Setup) -> String {
-    let out = Command::new(bin()).arg("--config").arg(setup.config.path()).arg("status").output().expect("status");
+    let out = Command::new(bin())
+        .arg("--config")
+        .arg(setup.config.path())
+        .arg("status")
+        .output()
+        .expect("status");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -86,14 +99,23 @@ fn killed_daemon_fails_closed_and_restart_recovers() {
         bpffs.display(),
         target("web", server.addr)
     ));
-    let setup = Setup { cgroup_dir: cgroup2_mount().join(cgroup_rel.trim_start_matches('/')), cgroup_rel, bpffs, config };
+    let setup = Setup {
+        cgroup_dir: cgroup2_mount().join(cgroup_rel.trim_start_matches('/')),
+        cgroup_rel,
+        bpffs,
+        config,
+    };
 
     let (mut daemon, log) = start_daemon(&setup, "daemon1.log");
     let line = client_in_cgroup(&setup, server.addr.port());
     assert!(line.starts_with("peer=127.0.0.1:"), "{line}");
     let peer = line.trim_start_matches("peer=").to_owned();
     wait_for("allowed log line", Duration::from_secs(5), || {
-        fs::read_to_string(&log).is_ok_and(|l| allowed_lines(&l).iter().any(|x| field(x, "upstream_local") == Some(&peer)))
+        fs::read_to_string(&log).is_ok_and(|l| {
+            allowed_lines(&l)
+                .iter()
+                .any(|x| field(x, "upstream_local") == Some(&peer))
+        })
     });
     let st = status(&setup);
     assert!(st.contains("running (pid"), "{st}");
@@ -101,18 +123,36 @@ fn killed_daemon_fails_closed_and_restart_recovers() {
 
     // `exec --agent` joins the running daemon instead of starting its own guard.
     let mut cmd = Command::new(bin());
-    cmd.arg("--config").arg(setup.config.path()).args(["exec", "--agent", "agent", "--"]).args(py_client("127.0.0.1", server.addr.port()));
+    cmd.arg("--config")
+        .arg(setup.config.path())
+        .args(["exec", "--agent", "agent", "--"])
+        .args(py_client("127.0.0.1", server.addr.port()));
     let out = run_with_timeout(cmd, Duration::from_secs(30));
-    assert!(stderr(&out).contains("using the running daemon"), "{}", stderr(&out));
-    assert!(stdout(&out).starts_with("peer=127.0.0.1:"), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("using the running daemon"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).starts_with("peer=127.0.0.1:"),
+        "{}",
+        stdout(&out)
+    );
 
     // SIGKILL: no cleanup runs, the programs stay attached.
     daemon.0.kill().expect("kill");
     daemon.0.wait().expect("wait");
     let before = server.peers().len();
     let line = client_in_cgroup(&setup, server.addr.port());
-    assert_eq!(line, "ERR ConnectionRefusedError", "with the daemon dead the connect must be refused");
-    assert_eq!(server.peers().len(), before, "nothing may reach the server directly");
+    assert_eq!(
+        line, "ERR ConnectionRefusedError",
+        "with the daemon dead the connect must be refused"
+    );
+    assert_eq!(
+        server.peers().len(),
+        before,
+        "nothing may reach the server directly"
+    );
     let st = status(&setup);
     assert!(st.contains("not running"), "{st}");
     assert!(st.contains(&setup.cgroup_rel), "still attached: {st}");
@@ -130,7 +170,12 @@ fn killed_daemon_fails_closed_and_restart_recovers() {
 #[test]
 fn bad_config_names_key_and_line() {
     let config = TestConfig::new("[listener]\nport = 15001\nbogus = 1\n");
-    let out = Command::new(bin()).arg("--config").arg(config.path()).arg("status").output().expect("run");
+    let out = Command::new(bin())
+        .arg("--config")
+        .arg(config.path())
+        .arg("status")
+        .output()
+        .expect("run");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("line 5") && err.contains("bogus"), "{err}");

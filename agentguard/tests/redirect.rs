@@ -11,13 +11,19 @@ use common::*;
 /// the upstream socket the proxy logged for this connection.
 fn assert_through_proxy(client_out: &str, log: &str, dst: SocketAddr) -> String {
     let line = client_out.lines().next().unwrap_or_default().to_owned();
-    let peer = line.strip_prefix("peer=").unwrap_or_else(|| panic!("client got no answer: {client_out}\n{log}"));
+    let peer = line
+        .strip_prefix("peer=")
+        .unwrap_or_else(|| panic!("client got no answer: {client_out}\n{log}"));
     let allowed = allowed_lines(log);
     let entry = allowed
         .iter()
         .find(|l| field(l, "upstream_local") == Some(peer))
         .unwrap_or_else(|| panic!("no allowed log entry with upstream_local={peer}:\n{log}"));
-    assert_eq!(field(entry, "dst"), Some(dst.to_string().as_str()), "{entry}");
+    assert_eq!(
+        field(entry, "dst"),
+        Some(dst.to_string().as_str()),
+        "{entry}"
+    );
     entry.to_string()
 }
 
@@ -31,9 +37,14 @@ fn loopback_v4_is_redirected_and_identified() {
     assert!(out.status.success(), "{o}\n{e}");
     let entry = assert_through_proxy(&o, &e, server.addr);
     assert_eq!(field(&entry, "uid"), Some("0"));
-    let pid: u32 = field(&entry, "pid").and_then(|p| p.parse().ok()).expect("pid");
+    let pid: u32 = field(&entry, "pid")
+        .and_then(|p| p.parse().ok())
+        .expect("pid");
     assert!(pid > 1);
-    assert!(field(&entry, "exe").is_some_and(|x| x.contains("python3")), "{entry}");
+    assert!(
+        field(&entry, "exe").is_some_and(|x| x.contains("python3")),
+        "{entry}"
+    );
     assert_eq!(server.peers().len(), 1);
 }
 
@@ -55,7 +66,10 @@ fn v4_mapped_ipv6_is_redirected() {
     require_root();
     let server = PeerServer::start("127.0.0.1:0");
     let config = TestConfig::new(&target("web", server.addr));
-    let out = exec(&config, &args(&py_client("::ffff:127.0.0.1", server.addr.port())));
+    let out = exec(
+        &config,
+        &args(&py_client("::ffff:127.0.0.1", server.addr.port())),
+    );
     let (o, e) = (stdout(&out), stderr(&out));
     assert!(out.status.success(), "{o}\n{e}");
     // The origin is recorded as the plain IPv4 destination, so policy and
@@ -80,7 +94,11 @@ impl Netns {
              ip -n {name} addr add 10.231.{subnet}.2/24 dev {ns_if}; ip -n {name} link set {ns_if} up; ip -n {name} link set lo up"
         );
         let out = sh(&script);
-        assert!(out.status.success(), "netns setup failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "netns setup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Self { name }
     }
 }
@@ -104,16 +122,27 @@ fn destination_in_a_network_namespace() {
          s.bind(('{server_ip}', {port})); s.listen(8)\nwhile True:\n    c,a=s.accept(); c.sendall(('peer=%s:%d\\n' % a).encode()); c.close()\n"
     );
     let server = Killed(
-        Command::new("ip").args(["netns", "exec", &ns.name, PYTHON, "-c", &code]).spawn().expect("server in netns"),
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name, PYTHON, "-c", &code])
+            .spawn()
+            .expect("server in netns"),
     );
     wait_for("server in netns", Duration::from_secs(10), || {
-        sh(&format!("ip netns exec {} ss -ltn | grep -q {server_ip}:{port}", ns.name)).status.success()
+        sh(&format!(
+            "ip netns exec {} ss -ltn | grep -q {server_ip}:{port}",
+            ns.name
+        ))
+        .status
+        .success()
     });
     let config = TestConfig::new(&target("remote", dst));
     let out = exec(&config, &args(&py_client(&server_ip, port)));
     let (o, e) = (stdout(&out), stderr(&out));
     assert!(out.status.success(), "{o}\n{e}");
-    let peer = o.trim().strip_prefix("peer=").unwrap_or_else(|| panic!("{o}\n{e}"));
+    let peer = o
+        .trim()
+        .strip_prefix("peer=")
+        .unwrap_or_else(|| panic!("{o}\n{e}"));
     // The namespace host saw the proxy's connection from the host side of the veth.
     assert!(peer.starts_with(&format!("10.231.{subnet}.1:")), "{peer}");
     assert_through_proxy(&o, &e, dst);
@@ -125,7 +154,12 @@ fn unprivileged_user_is_identified_by_uid() {
     require_root();
     let server = PeerServer::start("127.0.0.1:0");
     let config = TestConfig::new(&target("web", server.addr));
-    let mut argv = vec!["setpriv".to_owned(), "--reuid=65534".into(), "--regid=65534".into(), "--clear-groups".into()];
+    let mut argv = vec![
+        "setpriv".to_owned(),
+        "--reuid=65534".into(),
+        "--regid=65534".into(),
+        "--clear-groups".into(),
+    ];
     argv.extend(py_client("127.0.0.1", server.addr.port()));
     let out = exec(&config, &args(&argv));
     let (o, e) = (stdout(&out), stderr(&out));
@@ -142,9 +176,18 @@ fn unlisted_destination_is_refused_and_outside_processes_are_untouched() {
     let config = TestConfig::new(&target("web", allowed.addr));
     let out = exec(&config, &args(&py_client("127.0.0.1", other.addr.port())));
     let (o, e) = (stdout(&out), stderr(&out));
-    assert!(o.starts_with("ERR"), "a destination that is not a target must not answer: {o}\n{e}");
-    assert!(other.peers().is_empty(), "the unlisted server must never see a connection");
-    let denied = e.lines().find(|l| l.contains(" denied ")).unwrap_or_else(|| panic!("no denial logged:\n{e}"));
+    assert!(
+        o.starts_with("ERR"),
+        "a destination that is not a target must not answer: {o}\n{e}"
+    );
+    assert!(
+        other.peers().is_empty(),
+        "the unlisted server must never see a connection"
+    );
+    let denied = e
+        .lines()
+        .find(|l| l.contains(" denied "))
+        .unwrap_or_else(|| panic!("no denial logged:\n{e}"));
     assert_eq!(field(denied, "dst"), Some(other.addr.to_string().as_str()));
     assert!(denied.contains("not a configured target"), "{denied}");
 
@@ -181,8 +224,14 @@ except Exception as e:
     );
     let out = exec(&config, &[PYTHON, "-c", &code]);
     let (o, e) = (stdout(&out), stderr(&out));
-    assert!(o.contains("direct ERR") || o.contains("direct b'EOF'"), "{o}\n{e}");
-    assert!(e.contains("direct connection to the agentguard proxy port"), "{e}");
+    assert!(
+        o.contains("direct ERR") || o.contains("direct b'EOF'"),
+        "{o}\n{e}"
+    );
+    assert!(
+        e.contains("direct connection to the agentguard proxy port"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -207,9 +256,13 @@ fn udp_is_refused_except_dns_to_the_configured_resolver() {
             .spawn()
             .expect("dnsmasq (scripts/setup.sh installs dnsmasq-base)"),
     );
-    wait_for("dnsmasq", Duration::from_secs(10), || sh(&format!("ss -lun | grep -q '{ip}:53'")).status.success());
+    wait_for("dnsmasq", Duration::from_secs(10), || {
+        sh(&format!("ss -lun | grep -q '{ip}:53'")).status.success()
+    });
     // Outside the guard, dnsmasq answers: the server works.
-    let direct = sh(&format!("dig +short +time=2 +tries=1 @{ip} agentguard.test"));
+    let direct = sh(&format!(
+        "dig +short +time=2 +tries=1 @{ip} agentguard.test"
+    ));
     assert_eq!(String::from_utf8_lossy(&direct.stdout).trim(), "192.0.2.7");
 
     let config = TestConfig::new(&format!("[dns]\nresolvers = [\"{ip}\"]\n"));
@@ -237,10 +290,19 @@ print("dig", r.stdout.strip() or "none")
     let out = exec(&config, &[PYTHON, "-c", &script]);
     let (o, e) = (stdout(&out), stderr(&out));
     assert!(o.contains("udp9999 ERR PermissionError"), "{o}\n{e}");
-    assert!(o.contains("udp443 ERR PermissionError"), "QUIC must not skip the guard: {o}");
+    assert!(
+        o.contains("udp443 ERR PermissionError"),
+        "QUIC must not skip the guard: {o}"
+    );
     assert!(o.contains("connect9999 ERR PermissionError"), "{o}");
-    assert!(o.contains("dns-other ERR PermissionError"), "DNS to an unlisted resolver: {o}");
-    assert!(o.contains("dig 192.0.2.7"), "DNS to the configured resolver must work: {o}\n{e}");
+    assert!(
+        o.contains("dns-other ERR PermissionError"),
+        "DNS to an unlisted resolver: {o}"
+    );
+    assert!(
+        o.contains("dig 192.0.2.7"),
+        "DNS to the configured resolver must work: {o}\n{e}"
+    );
     drop(dns);
 }
 
@@ -281,9 +343,17 @@ print("grandchild", open("{result}").read())
     assert!(out.status.success(), "{o}\n{e}");
     let allowed = allowed_lines(&e);
     for who in ["child", "grandchild"] {
-        let line = o.lines().find(|l| l.starts_with(who) && l.contains("peer=")).unwrap_or_else(|| panic!("{who}: {o}\n{e}"));
+        let line = o
+            .lines()
+            .find(|l| l.starts_with(who) && l.contains("peer="))
+            .unwrap_or_else(|| panic!("{who}: {o}\n{e}"));
         let peer = line.split("peer=").nth(1).expect("peer");
-        assert!(allowed.iter().any(|l| field(l, "upstream_local") == Some(peer)), "{who} bypassed the proxy: {o}\n{e}");
+        assert!(
+            allowed
+                .iter()
+                .any(|l| field(l, "upstream_local") == Some(peer)),
+            "{who} bypassed the proxy: {o}\n{e}"
+        );
     }
     assert_eq!(server.peers().len(), 2);
 }
@@ -298,6 +368,13 @@ fn exec_returns_the_command_exit_status() {
     assert_eq!(out.status.code(), Some(128 + 15), "{}", stderr(&out));
     // Its cgroup is gone afterwards.
     let e = stderr(&out);
-    let cg = e.lines().find_map(|l| field(l, "cgroup")).expect("cgroup logged").to_owned();
-    assert!(!cgroup2_mount().join(cg.trim_start_matches('/')).exists(), "{cg} left behind");
+    let cg = e
+        .lines()
+        .find_map(|l| field(l, "cgroup"))
+        .expect("cgroup logged")
+        .to_owned();
+    assert!(
+        !cgroup2_mount().join(cg.trim_start_matches('/')).exists(),
+        "{cg} left behind"
+    );
 }

@@ -27,7 +27,10 @@ pub fn bin() -> &'static str {
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "the eBPF end-to-end tests must run as root (CI does)");
+    assert_eq!(
+        euid, 0,
+        "the eBPF end-to-end tests must run as root (CI does)"
+    );
 }
 
 /// A unique-enough tag for names shared across the machine (netns, cgroups,
@@ -41,7 +44,8 @@ pub fn cgroup2_mount() -> PathBuf {
     info.lines()
         .find_map(|l| {
             let (pre, post) = l.split_once(" - ")?;
-            (post.split_whitespace().next()? == "cgroup2").then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
+            (post.split_whitespace().next()? == "cgroup2")
+                .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
         })
         .expect("a cgroup2 mount")
 }
@@ -108,7 +112,11 @@ impl TestConfig {
     pub fn new(body: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("agentguard.toml");
-        let text = format!("run_dir = \"{}\"\nstate_dir = \"{}\"\n{body}", dir.path().join("run").display(), dir.path().join("state").display());
+        let text = format!(
+            "run_dir = \"{}\"\nstate_dir = \"{}\"\n{body}",
+            dir.path().join("run").display(),
+            dir.path().join("state").display()
+        );
         std::fs::write(&path, text).expect("write config");
         Self { dir, path }
     }
@@ -125,12 +133,19 @@ pub fn target(name: &str, addr: SocketAddr) -> String {
 /// Runs `agentguard exec` with the config and returns its output.
 pub fn exec(config: &TestConfig, args: &[&str]) -> Output {
     let mut cmd = Command::new(bin());
-    cmd.arg("--config").arg(config.path()).arg("exec").arg("--").args(args);
+    cmd.arg("--config")
+        .arg(config.path())
+        .arg("exec")
+        .arg("--")
+        .args(args);
     run_with_timeout(cmd, Duration::from_secs(60))
 }
 
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
-    cmd.env("AGENTGUARD_LOG", "info").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.env("AGENTGUARD_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let child = cmd.spawn().expect("spawn");
     let pid = child.id();
     let done = Arc::new(AtomicBool::new(false));
@@ -162,18 +177,28 @@ pub fn stderr(out: &Output) -> String {
 /// Value of `key=value` in a tracing log line (quotes stripped).
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let needle = format!("{key}=");
-    let start = line.match_indices(&needle).find(|(i, _)| *i == 0 || !line.as_bytes()[i - 1].is_ascii_alphanumeric() && line.as_bytes()[i - 1] != b'_')?.0 + needle.len();
+    let start = line
+        .match_indices(&needle)
+        .find(|(i, _)| {
+            *i == 0
+                || !line.as_bytes()[i - 1].is_ascii_alphanumeric() && line.as_bytes()[i - 1] != b'_'
+        })?
+        .0
+        + needle.len();
     let rest = &line[start..];
     if let Some(stripped) = rest.strip_prefix('"') {
         stripped.split('"').next()
     } else {
-        rest.split(|c: char| c == ' ' || c == '}' || c == ',').next()
+        rest.split(|c: char| c == ' ' || c == '}' || c == ',')
+            .next()
     }
 }
 
 /// The log lines of allowed connections.
 pub fn allowed_lines(log: &str) -> Vec<&str> {
-    log.lines().filter(|l| l.contains("agentguard::proxy") && l.contains(" allowed ")).collect()
+    log.lines()
+        .filter(|l| l.contains("agentguard::proxy") && l.contains(" allowed "))
+        .collect()
 }
 
 /// A python3 TCP client: connects, prints the first line the server sends,
@@ -188,7 +213,13 @@ try:
 except Exception as e:
     print("ERR", type(e).__name__)
 "#;
-    vec![PYTHON.into(), "-c".into(), code.into(), host.into(), port.to_string()]
+    vec![
+        PYTHON.into(),
+        "-c".into(),
+        code.into(),
+        host.into(),
+        port.to_string(),
+    ]
 }
 
 pub fn args(v: &[String]) -> Vec<&str> {

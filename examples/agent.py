@@ -1,0 +1,44 @@
+"""A sample "agent": the kinds of connections an AI agent's tool loop makes.
+
+Run under `agentguard exec`; it does not know it is guarded.
+"""
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+
+HTTP_PORT, PG_PORT, ADMIN_PORT = (int(p) for p in sys.argv[1:4])
+
+
+def step(name, fn):
+    try:
+        print(f"agent: {name}: {fn()}", flush=True)
+    except Exception as e:  # the guard's refusals surface as ordinary errors
+        print(f"agent: {name}: FAILED ({type(e).__name__}: {e})", flush=True)
+
+
+step("GET the docs service", lambda: urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}/", timeout=5).status)
+step(
+    "query the app database with psql",
+    lambda: subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-p", str(PG_PORT), "-U", "postgres", "-Atc", "select 'rows: ' || count(*) from pg_class"],
+        capture_output=True, text=True, timeout=10, check=True,
+    ).stdout.strip(),
+)
+step("reach the admin service (not a target)", lambda: socket.create_connection(("127.0.0.1", ADMIN_PORT), timeout=5).recv(1))
+step("the same database over IPv6-mapped address", lambda: socket.create_connection(("::ffff:127.0.0.1", PG_PORT), timeout=5) and "connected")
+
+
+def udp():
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"exfil", ("127.0.0.1", 9999))
+    return "sent"
+
+
+step("send UDP (a QUIC-style side channel)", udp)
+
+pid = os.fork()
+if pid == 0:
+    step("a forked helper GETs the docs service", lambda: urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}/", timeout=5).status)
+    os._exit(0)
+os.waitpid(pid, 0)

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The README's main job: agentguard guarding a sample agent against real
+# local services (an HTTP service and PostgreSQL, plus one service the agent
+# may not reach), showing each decision.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[[ $(id -u) -eq 0 ]] || { echo "run as root: sudo scripts/demo.sh" >&2; exit 1; }
+
+bash scripts/setup.sh >/dev/null
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+cargo build --release -q -p agentguard
+bin=target/release/agentguard
+
+source scripts/services.sh
+trap stop_services EXIT
+HTTP_PORT=18080 PG_PORT=15432 ADMIN_PORT=18081
+mkdir -p "$SERVICES_DIR/www" && echo "internal docs" >"$SERVICES_DIR/www/index.html"
+start_http $HTTP_PORT "$SERVICES_DIR/www"
+start_http $ADMIN_PORT "$SERVICES_DIR/www"
+start_postgres $PG_PORT
+
+config="$SERVICES_DIR/agentguard.toml"
+sed -e "s|@RUN@|$SERVICES_DIR/run|" -e "s|@POLICIES@|$PWD/policies|" \
+  -e "s|@HTTP@|$HTTP_PORT|" -e "s|@PG@|$PG_PORT|" examples/demo.toml >"$config"
+
+echo "== the agent's view"
+AGENTGUARD_LOG=info "$bin" --config "$config" exec --agent coder -- \
+  /usr/bin/python3 examples/agent.py $HTTP_PORT $PG_PORT $ADMIN_PORT 2>"$SERVICES_DIR/guard.log"
+echo
+echo "== agentguard's decisions"
+grep -E ' (allowed|denied|refused)' "$SERVICES_DIR/guard.log" |
+  sed -E 's/^[^ ]+ +//; s/agentguard::[a-z:]+: //' || true
+grep -q ' denied ' "$SERVICES_DIR/guard.log" && grep -q ' allowed ' "$SERVICES_DIR/guard.log"

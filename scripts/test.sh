@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The README's test command: set up this machine (idempotent), then run every
+# check CI runs. Needs root: the end-to-end tests load real eBPF programs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "scripts/test.sh must run as root (it installs packages and loads eBPF programs): sudo scripts/test.sh" >&2
+  exit 1
+fi
+
+bash scripts/setup.sh
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --all-targets -- -D warnings
+echo "== cargo build"
+cargo build --all-targets
+if [[ -d policies ]] && ./target/debug/agentguard policy --help >/dev/null 2>&1; then
+  echo "== agentguard policy test policies/"
+  ./target/debug/agentguard policy test policies/
+fi
+echo "== cargo test"
+cargo test --all-targets
