@@ -2,8 +2,7 @@
 //! move processes, map cgroup ids (the directory's inode) to paths.
 
 use std::{
-    fs,
-    io::{self, Write as _},
+    fs, io,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     process::Command,

@@ -189,8 +189,7 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     if let Some(stripped) = rest.strip_prefix('"') {
         stripped.split('"').next()
     } else {
-        rest.split(|c: char| c == ' ' || c == '}' || c == ',')
-            .next()
+        rest.split([' ', '}', ',']).next()
     }
 }
 
