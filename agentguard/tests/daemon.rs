@@ -180,3 +180,69 @@ fn bad_config_names_key_and_line() {
     assert!(!out.status.success());
     assert!(err.contains("line 5") && err.contains("bogus"), "{err}");
 }
+
+#[test]
+fn attach_without_daemon_refuses_and_detach_releases() {
+    require_root();
+    let server = PeerServer::start("127.0.0.1:0");
+    let t = tag();
+    let cgroup_rel = format!("/agentguard-attach-{t}/agent");
+    let bpffs = PathBuf::from(format!("/sys/fs/bpf/agentguard-attach-{t}"));
+    let config = TestConfig::new(&format!(
+        "bpffs_dir = \"{}\"\n[listener]\nport = {}\n{}",
+        bpffs.display(),
+        free_port(),
+        target("web", server.addr)
+    ));
+    let setup = Setup {
+        cgroup_dir: cgroup2_mount().join(cgroup_rel.trim_start_matches('/')),
+        cgroup_rel,
+        bpffs,
+        config,
+    };
+    fs::create_dir_all(&setup.cgroup_dir).expect("make cgroup");
+
+    let cli = |args: &[&str]| {
+        Command::new(bin())
+            .arg("--config")
+            .arg(setup.config.path())
+            .args(args)
+            .output()
+            .expect("run agentguard")
+    };
+    let out = cli(&["attach", "--cgroup", &setup.cgroup_rel]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = status(&setup);
+    assert!(
+        st.contains("not running") && st.contains(&setup.cgroup_rel),
+        "{st}"
+    );
+
+    // Attached, no daemon: nothing gets out.
+    assert_eq!(
+        client_in_cgroup(&setup, server.addr.port()),
+        "ERR ConnectionRefusedError"
+    );
+    assert!(server.peers().is_empty());
+
+    let out = cli(&["detach", "--cgroup", &setup.cgroup_rel]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Detached: the process connects directly (it sees its own address as peer).
+    let line = client_in_cgroup(&setup, server.addr.port());
+    assert!(line.starts_with("peer=127.0.0.1:"), "{line}");
+    assert_eq!(server.peers().len(), 1);
+    assert!(!status(&setup).contains(&setup.cgroup_rel));
+    let out = cli(&["detach", "--cgroup", &setup.cgroup_rel]);
+    assert!(
+        !out.status.success(),
+        "detaching twice must say it is not attached"
+    );
+}
