@@ -63,15 +63,21 @@ pub async fn exec(config: Config, agent: Option<String>, argv: Vec<String>) -> a
         }
         None => {
             let (listeners, port) = proxy::bind(0).context("cannot bind the proxy listener")?;
+            // Pinned like the daemon's, in a folder of this run: if this
+            // process is killed, the links stay and the command's processes
+            // (and whatever they left running) stay cut off: fail closed.
+            let pin = private_pin_dir(&config, me);
+            daemon::ensure_bpffs(&pin)?;
             let mut redirect = Redirect::load(&LoadOptions {
                 proxy_port: port,
-                pin_dir: None,
+                pin_dir: Some(&pin),
                 dns_resolvers: &config.resolvers,
             })?;
             let cg = Cgroup::new(&mount, &format!("/agentguard/{agent_name}-{me}"))?;
             cg.create()?;
             if let Err(e) = redirect.attach(&cg) {
                 let _ = cg.kill_and_remove();
+                let _ = std::fs::remove_dir_all(&pin);
                 return Err(e.into());
             }
             let agents = Arc::new(AgentRegistry::default());
@@ -99,8 +105,24 @@ pub async fn exec(config: Config, agent: Option<String>, argv: Vec<String>) -> a
     if let Some((stop, task)) = private {
         let _ = stop.send(true);
         let _ = task.await;
+        // The cgroup is gone, so its links are detached; drop the pins.
+        let pin = private_pin_dir(&config, me);
+        if let Err(e) = std::fs::remove_dir_all(&pin) {
+            warn!("could not remove {}: {e}", pin.display());
+        }
     }
     result
+}
+
+/// Beside the daemon's bpffs folder: /sys/fs/bpf/agentguard-exec-PID.
+pub fn private_pin_dir(config: &Config, pid: u32) -> std::path::PathBuf {
+    let name = config
+        .bpffs_dir
+        .file_name()
+        .map_or_else(|| "agentguard".into(), |n| n.to_string_lossy().into_owned());
+    config
+        .bpffs_dir
+        .with_file_name(format!("{name}-exec-{pid}"))
 }
 
 async fn run_child(cg: &Cgroup, program: &str, args: &[String]) -> anyhow::Result<i32> {

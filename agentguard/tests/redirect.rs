@@ -378,3 +378,74 @@ fn exec_returns_the_command_exit_status() {
         "{cg} left behind"
     );
 }
+
+#[test]
+fn killing_exec_leaves_its_processes_cut_off() {
+    require_root();
+    let server = PeerServer::start("127.0.0.1:0");
+    let config = TestConfig::new(&target("web", server.addr));
+    let dir = config.dir.path().to_owned();
+    // A grandchild that outlives everything: it reports its cgroup, waits
+    // for "go", then tries the (allowed) server.
+    let code = format!(
+        r#"
+import os, socket, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        open("{d}/cgroup", "w").write(open("/proc/self/cgroup").read())
+        while not os.path.exists("{d}/go"): time.sleep(0.02)
+        try:
+            s = socket.create_connection(("127.0.0.1", {port}), timeout=5)
+            r = s.makefile().readline().strip() or "ERR empty"
+        except Exception as e:
+            r = "ERR " + type(e).__name__
+        open("{d}/result.tmp", "w").write(r); os.rename("{d}/result.tmp", "{d}/result")
+    os._exit(0)
+time.sleep(60)
+"#,
+        d = dir.display(),
+        port = server.addr.port()
+    );
+    let mut guard = Command::new(bin())
+        .arg("--config")
+        .arg(config.path())
+        .args(["exec", "--", PYTHON, "-c", &code])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("exec");
+    let exec_pid = guard.id();
+    wait_for("grandchild ready", Duration::from_secs(20), || {
+        dir.join("cgroup").exists()
+    });
+    guard.kill().expect("SIGKILL exec");
+    guard.wait().expect("reap");
+    std::fs::write(dir.join("go"), "").expect("go");
+    wait_for("grandchild result", Duration::from_secs(20), || {
+        dir.join("result").exists()
+    });
+    let result = std::fs::read_to_string(dir.join("result")).expect("result");
+
+    // Clean up what the killed exec could not.
+    let cg_rel = std::fs::read_to_string(dir.join("cgroup")).expect("cgroup");
+    let cg = cgroup2_mount().join(
+        cg_rel
+            .lines()
+            .find_map(|l| l.strip_prefix("0::/"))
+            .expect("v2 line"),
+    );
+    let _ = std::fs::write(cg.join("cgroup.kill"), "1");
+    wait_for("cgroup empty", Duration::from_secs(5), || {
+        std::fs::read_to_string(cg.join("cgroup.procs"))
+            .map(|p| p.trim().is_empty())
+            .unwrap_or(true)
+    });
+    let _ = std::fs::remove_dir(&cg);
+    let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/agentguard-exec-{exec_pid}"));
+
+    assert_eq!(
+        result, "ERR ConnectionRefusedError",
+        "a process outliving a killed exec must stay cut off"
+    );
+    assert!(server.peers().is_empty(), "nothing may reach the server");
+}
