@@ -113,14 +113,28 @@ impl Identity {
     }
 }
 
+/// User names by uid, read from /etc/passwd once per uid: a connection's
+/// hot path should not parse the file each time.
 fn user_name(uid: u32) -> Option<String> {
-    let passwd = fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        let name = fields.next()?;
-        let id: u32 = fields.nth(1)?.parse().ok()?;
-        (id == uid).then(|| name.to_owned())
-    })
+    static CACHE: std::sync::OnceLock<RwLock<HashMap<u32, Option<String>>>> =
+        std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(hit) = cache.read().unwrap_or_else(|p| p.into_inner()).get(&uid) {
+        return hit.clone();
+    }
+    let name = fs::read_to_string("/etc/passwd").ok().and_then(|passwd| {
+        passwd.lines().find_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let id: u32 = fields.nth(1)?.parse().ok()?;
+            (id == uid).then(|| name.to_owned())
+        })
+    });
+    cache
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(uid, name.clone());
+    name
 }
 
 #[cfg(test)]
