@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) -eq 0 ]] || { echo "run as root: sudo scripts/demo.sh" >&2; exit 1; }
 
-bash scripts/setup.sh >/dev/null
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+bash scripts/setup.sh >/dev/null
 cargo build --release -q -p agentguard
 bin=target/release/agentguard
 

@@ -4,6 +4,8 @@
 # and the Debian packages the tests and the demo use. Safe to run again:
 # every step checks first and skips what is already there.
 set -euo pipefail
+# rustup's tools and bpf-linker live here; a non-login shell may not have it.
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 

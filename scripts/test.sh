@@ -9,8 +9,8 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 
-bash scripts/setup.sh
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+bash scripts/setup.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
