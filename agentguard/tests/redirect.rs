@@ -240,7 +240,7 @@ fn udp_is_refused_except_dns_to_the_configured_resolver() {
     // A real DNS server (dnsmasq) on a loopback address of its own.
     let ip = "127.0.0.153";
     let dns = Killed(
-        Command::new("dnsmasq")
+        Command::new("/usr/sbin/dnsmasq")
             .args([
                 "--keep-in-foreground",
                 "--conf-file=/dev/null",
