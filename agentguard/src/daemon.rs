@@ -18,8 +18,8 @@ use tracing::info;
 use crate::{
     cgroup::{self, Cgroup},
     config::Config,
-    decide::AllowList,
     identity::AgentRegistry,
+    policy::{self, Reloader},
     proxy::{self, Proxy},
     redirect::{LoadOptions, Redirect},
 };
@@ -116,6 +116,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.run_dir.join(LOCK_FILE).display()
         );
     };
+    // Before daemon.json exists: `policy reload` signals the pid in it, and
+    // SIGHUP's default action would end us.
+    let policy = policy::engine_for(
+        &config.policy_dir,
+        Some(config.run_dir.join(policy::STATE_FILE)),
+        false,
+    );
+    let _reloader = Reloader::spawn(Arc::clone(&policy), true);
     ensure_bpffs(&config.bpffs_dir)?;
     let mount = cgroup::cgroup2_mount()?;
     // Listen first: from the moment the programs are refreshed, connects
@@ -154,7 +162,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let proxy = Arc::new(Proxy::new(
         Arc::new(redirect),
         Arc::clone(&config),
-        Arc::new(AllowList),
+        policy,
         agents,
         port,
     ));
@@ -165,6 +173,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = serving.await;
     let _ = fs::remove_file(&info_path);
+    let _ = fs::remove_file(config.run_dir.join(policy::STATE_FILE));
     Ok(())
 }
 

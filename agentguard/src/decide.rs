@@ -1,7 +1,7 @@
 //! The decision seam. Every protocol session builds an [`Input`] and asks a
 //! [`Decide`] implementation; the answer is allow, deny or approve (hold for a
-//! person). The Rego engine (policy issue) plugs in here; until then the
-//! daemon uses [`AllowList`]: only destinations named in `[[targets]]`.
+//! person). The Rego engine (`policy.rs`) implements it; the input below is
+//! what policies see as `input` (docs/policy.md has the schema).
 
 use std::net::SocketAddr;
 
@@ -63,6 +63,10 @@ pub enum Action {
 pub struct Decision {
     pub action: Action,
     pub reason: String,
+    /// What to mask in responses (detector names such as `email`).
+    pub mask: Vec<String>,
+    /// The policy bundle that decided; empty when none was loaded.
+    pub policy_version: String,
 }
 
 impl Decision {
@@ -70,6 +74,8 @@ impl Decision {
         Self {
             action: Action::Deny,
             reason: reason.into(),
+            mask: Vec::new(),
+            policy_version: String::new(),
         }
     }
 }
@@ -78,30 +84,12 @@ pub trait Decide: Send + Sync {
     fn decide(&self, input: &Input) -> Decision;
 }
 
-/// Allows exactly the configured targets.
-pub struct AllowList;
-
-impl Decide for AllowList {
-    fn decide(&self, input: &Input) -> Decision {
-        match &input.target.name {
-            Some(name) => Decision {
-                action: Action::Allow,
-                reason: format!("configured target {name}"),
-            },
-            None => Decision::deny(format!(
-                "{}:{} is not a configured target",
-                input.target.ip, input.target.port
-            )),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn allow_list_only_allows_targets() {
+    fn builtin_policy_only_allows_targets() {
         let config = Config::parse(
             std::path::Path::new("t"),
             "[[targets]]\nname = \"db\"\naddress = \"127.0.0.1:5432\"\n",
@@ -125,17 +113,22 @@ mod tests {
             target: Target::for_destination(&config, dst.parse().expect("addr")),
             request: Request::Connect,
         };
+        let policy = crate::policy::PolicyEngine::builtin();
         assert_eq!(
-            AllowList.decide(&input("127.0.0.1:5432")).action,
+            policy.decide(&input("127.0.0.1:5432")).action,
             Action::Allow
         );
-        assert_eq!(
-            AllowList.decide(&input("[::ffff:127.0.0.1]:5432")).action,
-            Action::Allow
+        let mapped = policy.decide(&input("[::ffff:127.0.0.1]:5432"));
+        assert_eq!(mapped.action, Action::Allow);
+        let denied = policy.decide(&input("127.0.0.1:22"));
+        assert_eq!(denied.action, Action::Deny);
+        assert!(
+            denied
+                .reason
+                .contains("127.0.0.1:22 is not a configured target"),
+            "{}",
+            denied.reason
         );
-        assert_eq!(
-            AllowList.decide(&input("127.0.0.1:22")).action,
-            Action::Deny
-        );
+        assert!(!denied.policy_version.is_empty());
     }
 }

@@ -13,8 +13,8 @@ use crate::{
     cgroup::{self, Cgroup},
     config::Config,
     daemon,
-    decide::AllowList,
     identity::AgentRegistry,
+    policy::{self, Reloader},
     proxy::{self, Proxy},
     redirect::{LoadOptions, Redirect, links_dir},
 };
@@ -82,17 +82,20 @@ pub async fn exec(config: Config, agent: Option<String>, argv: Vec<String>) -> a
             }
             let agents = Arc::new(AgentRegistry::default());
             agents.register(cg.id()?, &agent_name);
+            // No folder: the built-in "configured targets only" policy.
+            let policy = policy::engine_for(&config.policy_dir, None, true);
+            let reloader = Reloader::spawn(Arc::clone(&policy), false);
             let proxy = Arc::new(Proxy::new(
                 Arc::new(redirect),
                 Arc::new(config.clone()),
-                Arc::new(AllowList),
+                policy,
                 agents,
                 port,
             ));
             let (stop_tx, stop_rx) = watch::channel(false);
             let task = tokio::spawn(Arc::clone(&proxy).serve(listeners, stop_rx));
             info!(port, cgroup = %cg.rel, "no daemon running: guarding in-process");
-            private = Some((stop_tx, task));
+            private = Some((stop_tx, task, reloader));
             cg
         }
     };
@@ -102,7 +105,7 @@ pub async fn exec(config: Config, agent: Option<String>, argv: Vec<String>) -> a
     if let Err(e) = cg.kill_and_remove() {
         warn!("could not remove {}: {e}", cg.rel);
     }
-    if let Some((stop, task)) = private {
+    if let Some((stop, task, _reloader)) = private {
         let _ = stop.send(true);
         let _ = task.await;
         // The cgroup is gone, so its links are detached; drop the pins.

@@ -12,6 +12,7 @@ mod decide;
 mod exec;
 mod identity;
 mod net;
+mod policy;
 mod proxy;
 mod redirect;
 
@@ -33,6 +34,9 @@ struct Cli {
     /// defaults when that does not exist).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// Policy folder (overrides the config's policy_dir).
+    #[arg(long, global = true, value_name = "DIR")]
+    policy: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,6 +59,11 @@ enum Command {
     Detach(CgroupArg),
     /// Show the daemon, the programs, attached cgroups and counters.
     Status,
+    /// Check, test and evaluate Rego policies; reload the daemon's.
+    Policy {
+        #[command(subcommand)]
+        command: policy::cli::PolicyCommand,
+    },
 }
 
 #[derive(Args)]
@@ -110,13 +119,17 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
-    let config = Config::load(cli.config.as_deref())?;
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(dir) = cli.policy {
+        config.policy_dir = dir;
+    }
     match cli.command {
         Command::Run => daemon::run(config).await.map(|()| 0),
         Command::Exec { agent, command } => exec::exec(config, agent, command).await,
         Command::Attach(arg) => attach(&config, &arg).map(|()| 0),
         Command::Detach(arg) => detach(&config, &arg).map(|()| 0),
         Command::Status => status(&config).map(|()| 0),
+        Command::Policy { command } => policy::cli::run(&config, command),
     }
 }
 
@@ -169,6 +182,9 @@ fn status(config: &Config) -> anyhow::Result<()> {
     println!("bpffs:     {}", config.bpffs_dir.display());
     println!("state:     {}", config.state_dir.display());
     println!("policies:  {}", config.policy_dir.display());
+    for line in policy::status_lines(&config.run_dir, daemon::running(&config.run_dir).is_some()) {
+        println!("{line}");
+    }
     let state = redirect::pinned_state(&config.bpffs_dir);
     let programs: Vec<String> = state
         .programs

@@ -1,0 +1,289 @@
+//! A policy bundle: every `.rego` file in a folder (recursively, hidden
+//! entries skipped) plus `data.json` / `data.yaml` documents, compiled into
+//! one prepared regorus [`Engine`]. The version is a hash of the sorted file
+//! names and contents, so the same files always give the same version.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use regorus::{
+    Engine, Value,
+    unstable::{Expr, Rule, RuleHead},
+    utils::limits::ExecutionTimerConfig,
+};
+use sha2::{Digest as _, Sha256};
+
+use super::{ENTRYPOINT, PolicyError, limits};
+
+/// Where the decision rule lives: `data.agentguard.decision`.
+const ENTRY_PACKAGE: &str = "agentguard";
+const ENTRY_RULE: &str = "decision";
+/// Hex digits of the sha256 kept as the version: 64 bits tell bundles apart.
+const VERSION_LEN: usize = 16;
+
+/// One file of a bundle, as read.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    /// Relative to the bundle folder, `/`-separated.
+    pub name: String,
+    pub text: String,
+}
+
+/// A compiled, prepared bundle. Immutable once built: evaluations clone the
+/// engine (cheap: modules and data are shared behind `Arc`s).
+pub struct Bundle {
+    /// Unique per compiled bundle in this process; workers key their engine
+    /// clone on it.
+    pub id: u64,
+    pub version: String,
+    pub files: Vec<String>,
+    /// Full rule paths of the `test_*` rules, e.g. `data.agentguard.sql_test.test_drop`.
+    pub tests: Vec<String>,
+    pub engine: Engine,
+}
+
+#[derive(Debug, Clone)]
+pub struct TestResult {
+    pub name: String,
+    pub passed: bool,
+    /// Set when the test errored (as opposed to being false or undefined).
+    pub error: Option<String>,
+    pub duration: Duration,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Reads the bundle's files in a stable order.
+pub fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, PolicyError> {
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files)?;
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    if !files.iter().any(|f| f.name.ends_with(".rego")) {
+        return Err(PolicyError::Empty(dir.to_owned()));
+    }
+    Ok(files)
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<SourceFile>) -> Result<(), PolicyError> {
+    let read_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| PolicyError::Read { path, source }
+    };
+    for entry in fs::read_dir(dir).map_err(read_err(dir))? {
+        let entry = entry.map_err(read_err(dir))?;
+        let path = entry.path();
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        // Hidden entries: editor swap files, and Kubernetes ConfigMap mounts'
+        // `..data` folders, whose files are also linked at the top level.
+        if file_name.starts_with('.') {
+            continue;
+        }
+        // Follows symlinks (ConfigMap files are symlinks).
+        let meta = fs::metadata(&path).map_err(read_err(&path))?;
+        if meta.is_dir() {
+            walk(root, &path, out)?;
+        } else if file_name.ends_with(".rego") || is_data_file(file_name) {
+            let text = fs::read_to_string(&path).map_err(read_err(&path))?;
+            let name = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .replace('\\', "/");
+            out.push(SourceFile { name, text });
+        }
+    }
+    Ok(())
+}
+
+fn is_data_file(name: &str) -> bool {
+    matches!(name, "data.json" | "data.yaml" | "data.yml")
+}
+
+/// sha256 over (name, length, contents) of every file, in name order.
+pub fn version_of(files: &[SourceFile]) -> String {
+    let mut hash = Sha256::new();
+    for f in files {
+        hash.update(f.name.as_bytes());
+        hash.update([0]);
+        hash.update((f.text.len() as u64).to_le_bytes());
+        hash.update(f.text.as_bytes());
+    }
+    let mut hex = String::with_capacity(64);
+    for byte in hash.finalize() {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex.truncate(VERSION_LEN);
+    hex
+}
+
+impl Bundle {
+    /// Parses, loads data, prepares the engine and checks that the
+    /// entrypoint exists. `budget` bounds every later evaluation.
+    pub fn compile(files: &[SourceFile], budget: Duration) -> Result<Self, PolicyError> {
+        let mut engine = Engine::new();
+        engine.set_rego_v0(false);
+        engine.set_execution_timer_config(ExecutionTimerConfig {
+            limit: budget,
+            // Clock reads are cheap next to a rule step; check often.
+            check_interval: NonZeroU32::MIN.saturating_add(31),
+        });
+        limits::install(&mut engine)?;
+        for f in files {
+            if f.name.ends_with(".rego") {
+                engine
+                    .add_policy(f.name.clone(), f.text.clone())
+                    .map_err(|e| PolicyError::Compile(format!("{e:#}")))?;
+            } else {
+                engine
+                    .add_data(data_document(f)?)
+                    .map_err(|e| PolicyError::Data {
+                        file: f.name.clone(),
+                        message: format!("{e:#}"),
+                    })?;
+            }
+        }
+        // Analysis (unsafe variables, conflicting rules, unknown functions)
+        // happens on first evaluation; do it now so a bad bundle is refused
+        // at load, not on the first connection.
+        engine
+            .eval_query("true".to_owned(), false)
+            .map_err(|e| PolicyError::Compile(format!("{e:#}")))?;
+        let (has_entry, tests) = inspect(&mut engine);
+        if !has_entry {
+            return Err(PolicyError::NoEntrypoint);
+        }
+        Ok(Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            version: version_of(files),
+            files: files.iter().map(|f| f.name.clone()).collect(),
+            tests,
+            engine,
+        })
+    }
+
+    /// Evaluates the decision rule on this thread (CLI and tests; the daemon
+    /// goes through the worker pool).
+    pub fn eval_inline(&self, input: Value) -> Result<Value, String> {
+        let mut engine = self.engine.clone();
+        engine.set_input(input);
+        engine
+            .eval_rule(ENTRYPOINT.to_owned())
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    /// Runs every `test_*` rule, each on a fresh engine with no input. A test
+    /// passes only when it evaluates to `true`.
+    pub fn run_tests(&self, budget: Duration) -> Vec<TestResult> {
+        self.tests
+            .iter()
+            .map(|name| {
+                let mut engine = self.engine.clone();
+                engine.set_execution_timer_config(ExecutionTimerConfig {
+                    limit: budget,
+                    check_interval: NonZeroU32::MIN.saturating_add(31),
+                });
+                let start = Instant::now();
+                let result = engine.eval_rule(name.clone());
+                let duration = start.elapsed();
+                let (passed, error) = match result {
+                    Ok(Value::Bool(true)) => (true, None),
+                    Ok(_) => (false, None),
+                    Err(e) => (false, Some(format!("{e:#}"))),
+                };
+                TestResult {
+                    name: name.trim_start_matches("data.").to_owned(),
+                    passed,
+                    error,
+                    duration,
+                }
+            })
+            .collect()
+    }
+}
+
+/// A data file's document, nested under its folder's path (OPA's layout:
+/// `a/b/data.json` is `data.a.b`).
+fn data_document(f: &SourceFile) -> Result<Value, PolicyError> {
+    let parsed = if f.name.ends_with(".json") {
+        Value::from_json_str(&f.text)
+    } else {
+        Value::from_yaml_str(&f.text)
+    };
+    let mut value = parsed.map_err(|e| PolicyError::Data {
+        file: f.name.clone(),
+        message: format!("{e:#}"),
+    })?;
+    if !matches!(value, Value::Object(_)) {
+        return Err(PolicyError::Data {
+            file: f.name.clone(),
+            message: "the document must be an object".into(),
+        });
+    }
+    let folders: Vec<&str> = f.name.split('/').collect();
+    for folder in folders.iter().rev().skip(1) {
+        let mut wrapper = Value::new_object();
+        if let Ok(map) = wrapper.as_object_mut() {
+            map.insert(Value::from(*folder), value);
+        }
+        value = wrapper;
+    }
+    Ok(value)
+}
+
+/// Whether `data.agentguard.decision` is declared, and the `test_*` rules.
+fn inspect(engine: &mut Engine) -> (bool, Vec<String>) {
+    let mut has_entry = false;
+    let mut tests = Vec::new();
+    for module in engine.get_modules() {
+        let package = ref_path(&module.package.refr).join(".");
+        for rule in &module.policy {
+            let (refr, is_function) = match rule.as_ref() {
+                Rule::Spec { head, .. } => match head {
+                    RuleHead::Compr { refr, .. } | RuleHead::Set { refr, .. } => (refr, false),
+                    RuleHead::Func { refr, .. } => (refr, true),
+                },
+                Rule::Default { refr, args, .. } => (refr, !args.is_empty()),
+            };
+            let path = ref_path(refr);
+            let Some(first) = path.first() else { continue };
+            if package == ENTRY_PACKAGE && first == ENTRY_RULE {
+                has_entry = true;
+            }
+            if path.len() == 1 && first.starts_with("test_") && !is_function {
+                let full = format!("data.{package}.{first}");
+                if !tests.contains(&full) {
+                    tests.push(full);
+                }
+            }
+        }
+    }
+    (has_entry, tests)
+}
+
+/// `a.b.c` → ["a", "b", "c"]; bracketed or computed parts end the path.
+fn ref_path(expr: &Expr) -> Vec<String> {
+    match expr {
+        Expr::Var { span, .. } => vec![span.text().to_owned()],
+        Expr::RefDot { refr, field, .. } => {
+            let mut path = ref_path(refr);
+            path.push(field.0.text().to_owned());
+            path
+        }
+        Expr::RefBrack { refr, .. } => ref_path(refr),
+        _ => Vec::new(),
+    }
+}
+
+/// The paths of the bundle folder as the watcher should see them.
+pub fn canonical(dir: &Path) -> PathBuf {
+    fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned())
+}

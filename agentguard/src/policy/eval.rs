@@ -1,0 +1,216 @@
+//! Evaluation off the proxy's threads, under a watchdog.
+//!
+//! regorus bounds Rego-level work with its execution timer, but a single
+//! builtin call (a huge `sprintf` width, `replace` on a big string) runs to
+//! completion before the timer is looked at. So decisions run on a small
+//! pool of evaluator threads and the caller waits at most the budget plus a
+//! grace period: past that it denies, and a fresh worker replaces the stuck
+//! one (up to a cap), so the proxy keeps serving whatever the policy does.
+//! The hand-off costs a few microseconds; each worker keeps its own clone of
+//! the engine, keyed by bundle id, so there is no lock on the hot path.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use regorus::{Engine, Value};
+use tracing::{error, warn};
+
+use super::{ENTRYPOINT, bundle::Bundle};
+use crate::decide::Action;
+
+/// Time a worker may overrun the budget (scheduling, the timer's check
+/// interval) before the watchdog gives up on it.
+const GRACE: Duration = Duration::from_millis(25);
+/// Workers beyond the base count, spawned only to replace stuck ones.
+const EXTRA_WORKERS: usize = 8;
+
+struct Job {
+    bundle: Arc<Bundle>,
+    input: Value,
+    deadline: Instant,
+    reply: Sender<Result<Value, String>>,
+}
+
+pub struct Pool {
+    tx: Sender<Job>,
+    rx: Receiver<Job>,
+    live: Arc<AtomicUsize>,
+    base: usize,
+}
+
+impl Pool {
+    pub fn new() -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let base = thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
+        let pool = Self {
+            tx,
+            rx,
+            live: Arc::new(AtomicUsize::new(0)),
+            base,
+        };
+        for _ in 0..base {
+            pool.spawn_worker();
+        }
+        pool
+    }
+
+    fn spawn_worker(&self) -> bool {
+        let rx = self.rx.clone();
+        let live = Arc::clone(&self.live);
+        let base = self.base;
+        live.fetch_add(1, Ordering::SeqCst);
+        let spawned = thread::Builder::new()
+            .name("agentguard-policy".into())
+            .spawn(move || worker(&rx, &live, base));
+        if let Err(e) = spawned {
+            self.live.fetch_sub(1, Ordering::SeqCst);
+            error!("cannot start a policy worker thread: {e}");
+            return false;
+        }
+        true
+    }
+
+    /// The decision document, or why there is none. Waits at most
+    /// `budget + GRACE`.
+    pub fn evaluate(
+        &self,
+        bundle: &Arc<Bundle>,
+        input: Value,
+        budget: Duration,
+    ) -> Result<Value, String> {
+        let wait = budget + GRACE;
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let job = Job {
+            bundle: Arc::clone(bundle),
+            input,
+            deadline: Instant::now() + wait,
+            reply,
+        };
+        if self.tx.send(job).is_err() {
+            return Err("policy workers are gone".into());
+        }
+        match answer.recv_timeout(wait) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => {
+                let live = self.live.load(Ordering::SeqCst);
+                if live < self.base + EXTRA_WORKERS {
+                    self.spawn_worker();
+                }
+                warn!(
+                    live_workers = live,
+                    "policy evaluation overran its budget; watchdog denied"
+                );
+                Err(format!(
+                    "policy evaluation did not finish within {} ms (watchdog)",
+                    wait.as_millis()
+                ))
+            }
+            Err(RecvTimeoutError::Disconnected) => Err("policy worker failed".into()),
+        }
+    }
+}
+
+fn worker(rx: &Receiver<Job>, live: &AtomicUsize, base: usize) {
+    let mut cached: Option<(u64, Engine)> = None;
+    for job in rx.iter() {
+        // Queued behind a stuck evaluation: the caller has already denied.
+        if Instant::now() >= job.deadline {
+            continue;
+        }
+        let engine = match &mut cached {
+            Some((id, engine)) if *id == job.bundle.id => engine,
+            slot => &mut slot.insert((job.bundle.id, job.bundle.engine.clone())).1,
+        };
+        engine.set_input(job.input);
+        let result = engine
+            .eval_rule(ENTRYPOINT.to_owned())
+            .map_err(|e| format!("{e:#}"));
+        // The caller gave up on us: we were the stuck one and a replacement
+        // exists. Step back if the pool is above its base size.
+        if job.reply.send(result).is_err() && live.load(Ordering::SeqCst) > base {
+            live.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+    }
+    live.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// What a policy returned, checked: `action` is required, `reason` and
+/// `mask` optional but typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub action: Action,
+    pub reason: String,
+    pub mask: Vec<String>,
+}
+
+pub fn parse_decision(value: &Value) -> Result<Verdict, String> {
+    let object = match value {
+        Value::Object(o) => o,
+        Value::Undefined => return Err(format!("{ENTRYPOINT} is undefined for this input")),
+        other => return Err(format!("{ENTRYPOINT} is not an object: {}", short(other))),
+    };
+    let field = |name: &str| object.get(&Value::from(name));
+    let action = match field("action") {
+        Some(Value::String(s)) => match s.as_ref() {
+            "allow" => Action::Allow,
+            "deny" => Action::Deny,
+            "approve" => Action::Approve,
+            other => {
+                return Err(format!(
+                    "unknown action {other:?} (want allow, deny or approve)"
+                ));
+            }
+        },
+        Some(other) => return Err(format!("action is not a string: {}", short(other))),
+        None => return Err("decision has no action".into()),
+    };
+    let reason = match field("reason") {
+        Some(Value::String(s)) => s.to_string(),
+        None | Some(Value::Null) => String::new(),
+        Some(other) => return Err(format!("reason is not a string: {}", short(other))),
+    };
+    let mask = match field("mask") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => strings(items.iter(), "mask")?,
+        Some(Value::Set(items)) => strings(items.iter(), "mask")?,
+        Some(other) => return Err(format!("mask is not an array: {}", short(other))),
+    };
+    Ok(Verdict {
+        action,
+        reason,
+        mask,
+    })
+}
+
+fn strings<'a>(items: impl Iterator<Item = &'a Value>, what: &str) -> Result<Vec<String>, String> {
+    items
+        .map(|v| match v {
+            Value::String(s) => Ok(s.to_string()),
+            other => Err(format!("{what} entry is not a string: {}", short(other))),
+        })
+        .collect()
+}
+
+fn short(v: &Value) -> String {
+    let mut s = v
+        .to_json_str()
+        .unwrap_or_else(|_| format!("{v:?}"))
+        .replace('\n', " ");
+    if s.len() > 80 {
+        let mut cut = 80;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}

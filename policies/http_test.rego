@@ -1,0 +1,61 @@
+package agentguard.http_test
+
+import rego.v1
+
+import data.agentguard.testing.action
+import data.agentguard.testing.decide
+import data.agentguard.testing.doc
+import data.agentguard.testing.target
+
+api := target("billing-api", "http", ["production"])
+
+staging := target("staging-api", "http", [])
+
+http(method, path) := {"kind": "http", "method": method, "host": "api.internal", "path": path, "query": "", "headers": {}}
+
+test_get_to_production_allowed if {
+	action(doc(api, http("GET", "/v1/invoices"))) == "allow"
+}
+
+test_head_to_production_allowed if {
+	action(doc(api, http("HEAD", "/v1/invoices"))) == "allow"
+}
+
+test_writes_to_production_denied if {
+	every m in ["POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+		d := decide(doc(api, http(m, "/v1/invoices")))
+		d.action == "deny"
+		contains(d.reason, sprintf("%s /v1/invoices to production target billing-api", [m]))
+	}
+}
+
+test_lowercase_method_is_still_a_write if {
+	action(doc(api, http("post", "/v1/invoices"))) == "deny"
+}
+
+test_missing_method_denied_on_production if {
+	action(doc(api, {"kind": "http", "path": "/"})) == "deny"
+}
+
+test_writes_outside_production_allowed if {
+	action(doc(staging, http("POST", "/v1/invoices"))) == "allow"
+}
+
+exceptions := [{"target": "billing-api", "methods": ["post"], "path_prefix": "/v1/drafts"}]
+
+test_write_exception_allows if {
+	action(doc(api, http("POST", "/v1/drafts/42"))) == "allow" with data.settings.http.write_exceptions as exceptions
+}
+
+test_write_exception_is_limited_to_its_path if {
+	action(doc(api, http("POST", "/v1/invoices"))) == "deny" with data.settings.http.write_exceptions as exceptions
+}
+
+test_write_exception_is_limited_to_its_methods if {
+	action(doc(api, http("DELETE", "/v1/drafts/42"))) == "deny" with data.settings.http.write_exceptions as exceptions
+}
+
+test_write_exception_is_limited_to_its_target if {
+	other := target("payments-api", "http", ["production"])
+	action(doc(other, http("POST", "/v1/drafts/42"))) == "deny" with data.settings.http.write_exceptions as exceptions
+}
