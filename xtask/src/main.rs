@@ -1,1 +1,57 @@
-fn main() {}
+//! Project chores, run as `cargo xtask …` (the alias lives in .cargo/config.toml):
+//! - `setup`: the idempotent machine set-up (scripts/setup.sh);
+//! - `bench l4`: direct vs agentguard vs haproxy on loopback (see bench.rs).
+//!
+//! `bench-server` and `bench-client` are the benchmark's two peers. They are
+//! hidden: `bench l4` runs them from a release build of this same binary, the
+//! client as its own process so that it can be put under `agentguard exec`.
+
+mod bench;
+mod setup;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "agentguard project chores")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the eBPF toolchain and the Debian packages (runs scripts/setup.sh).
+    Setup,
+    /// Benchmarks (not tests): numbers go to BENCHMARKS.md.
+    #[command(subcommand)]
+    Bench(Bench),
+    /// The benchmark's server (started by `bench l4`).
+    #[command(hide = true)]
+    BenchServer,
+    /// The benchmark's client (started by `bench l4`).
+    #[command(hide = true)]
+    BenchClient(bench::peer::ClientArgs),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// L4 throughput and connect latency: direct vs agentguard vs haproxy (TCP mode).
+    L4(bench::L4Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(&workspace_root()),
+        Command::Bench(Bench::L4(args)) => bench::l4(&workspace_root(), &args),
+        Command::BenchServer => bench::peer::serve(),
+        Command::BenchClient(args) => bench::peer::client(&args),
+    }
+}
+
+/// The workspace root: this crate's parent folder.
+fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_owned()
+}
