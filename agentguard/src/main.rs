@@ -4,27 +4,17 @@
 //! origin map) → `proxy.rs` (accept, origin, decision, upstream, copy) →
 //! `identity.rs` → `decide.rs`. `exec.rs` and `daemon.rs` wire them up.
 
-mod bpfsys;
-mod cgroup;
-mod config;
-mod daemon;
-mod decide;
-mod exec;
-mod identity;
-mod net;
-mod policy;
-mod proxy;
-mod redirect;
-
+// The modules live in the library (lib.rs) so benches can reach them.
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::{
-    cgroup::Cgroup,
+use agentguard::{
+    cgroup::{self, Cgroup},
     config::Config,
-    redirect::{LoadOptions, Redirect},
+    daemon, exec, policy,
+    redirect::{self, LoadOptions, Redirect},
 };
 
 #[derive(Parser)]

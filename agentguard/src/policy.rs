@@ -315,6 +315,11 @@ impl Decide for PolicyEngine {
     }
 }
 
+/// Reads and compiles a folder without installing it anywhere (CLI, benches).
+pub fn compile_dir(dir: &Path) -> Result<Bundle, PolicyError> {
+    Bundle::compile(&bundle::read_dir(dir)?, DEFAULT_BUDGET)
+}
+
 /// Builds the engine a guard uses for `dir`: the folder's bundle when it
 /// exists, the built-in policy when `fallback` allows and it does not.
 pub fn engine_for(
@@ -330,6 +335,19 @@ pub fn engine_for(
         return PolicyEngine::builtin();
     }
     PolicyEngine::from_dir(dir, state_file)
+}
+
+/// regorus errors are multi-line (`--> file:line:col`, a source excerpt with
+/// a caret, `error: message`); reasons, logs and status want one line:
+/// `file:line:col: message`.
+pub(crate) fn one_line(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    let location = text.lines().find_map(|l| l.trim().strip_prefix("--> "));
+    let message = text.lines().find_map(|l| l.trim().strip_prefix("error: "));
+    match (location, message) {
+        (Some(loc), Some(msg)) => format!("{loc}: {msg}"),
+        _ => text.split_whitespace().collect::<Vec<_>>().join(" "),
+    }
 }
 
 fn unix_now() -> u64 {

@@ -7,7 +7,7 @@ use std::{
     fmt::Write as _,
     fs,
     num::NonZeroU32,
-    path::{Path, PathBuf},
+    path::Path,
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
@@ -141,13 +141,13 @@ impl Bundle {
             if f.name.ends_with(".rego") {
                 engine
                     .add_policy(f.name.clone(), f.text.clone())
-                    .map_err(|e| PolicyError::Compile(format!("{e:#}")))?;
+                    .map_err(|e| PolicyError::Compile(super::one_line(&e)))?;
             } else {
                 engine
                     .add_data(data_document(f)?)
                     .map_err(|e| PolicyError::Data {
                         file: f.name.clone(),
-                        message: format!("{e:#}"),
+                        message: super::one_line(&e),
                     })?;
             }
         }
@@ -156,7 +156,7 @@ impl Bundle {
         // at load, not on the first connection.
         engine
             .eval_query("true".to_owned(), false)
-            .map_err(|e| PolicyError::Compile(format!("{e:#}")))?;
+            .map_err(|e| PolicyError::Compile(super::one_line(&e)))?;
         let (has_entry, tests) = inspect(&mut engine);
         if !has_entry {
             return Err(PolicyError::NoEntrypoint);
@@ -177,7 +177,7 @@ impl Bundle {
         engine.set_input(input);
         engine
             .eval_rule(ENTRYPOINT.to_owned())
-            .map_err(|e| format!("{e:#}"))
+            .map_err(|e| super::one_line(&e))
     }
 
     /// Runs every `test_*` rule, each on a fresh engine with no input. A test
@@ -197,7 +197,7 @@ impl Bundle {
                 let (passed, error) = match result {
                     Ok(Value::Bool(true)) => (true, None),
                     Ok(_) => (false, None),
-                    Err(e) => (false, Some(format!("{e:#}"))),
+                    Err(e) => (false, Some(super::one_line(&e))),
                 };
                 TestResult {
                     name: name.trim_start_matches("data.").to_owned(),
@@ -220,7 +220,7 @@ fn data_document(f: &SourceFile) -> Result<Value, PolicyError> {
     };
     let mut value = parsed.map_err(|e| PolicyError::Data {
         file: f.name.clone(),
-        message: format!("{e:#}"),
+        message: super::one_line(&e),
     })?;
     if !matches!(value, Value::Object(_)) {
         return Err(PolicyError::Data {
@@ -281,9 +281,4 @@ fn ref_path(expr: &Expr) -> Vec<String> {
         Expr::RefBrack { refr, .. } => ref_path(refr),
         _ => Vec::new(),
     }
-}
-
-/// The paths of the bundle folder as the watcher should see them.
-pub fn canonical(dir: &Path) -> PathBuf {
-    fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned())
 }

@@ -12,7 +12,7 @@ use clap::Subcommand;
 use regorus::Value;
 use serde::Serialize;
 
-use super::{Bundle, DEFAULT_BUDGET, TEST_BUDGET, bundle, parse_decision};
+use super::{Bundle, TEST_BUDGET, parse_decision};
 use crate::{config::Config, daemon};
 
 #[derive(Subcommand)]
@@ -52,8 +52,7 @@ pub fn run(config: &Config, command: PolicyCommand) -> anyhow::Result<i32> {
 }
 
 fn compile(dir: &Path) -> anyhow::Result<Bundle> {
-    let files = bundle::read_dir(dir)?;
-    Ok(Bundle::compile(&files, DEFAULT_BUDGET)?)
+    Ok(super::compile_dir(dir)?)
 }
 
 fn check(dir: &Path) -> anyhow::Result<i32> {

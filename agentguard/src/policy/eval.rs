@@ -131,7 +131,7 @@ fn worker(rx: &Receiver<Job>, live: &AtomicUsize, base: usize) {
         engine.set_input(job.input);
         let result = engine
             .eval_rule(ENTRYPOINT.to_owned())
-            .map_err(|e| format!("{e:#}"));
+            .map_err(|e| super::one_line(&e));
         // The caller gave up on us: we were the stuck one and a replacement
         // exists. Step back if the pool is above its base size.
         if job.reply.send(result).is_err() && live.load(Ordering::SeqCst) > base {

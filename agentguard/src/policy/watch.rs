@@ -3,6 +3,8 @@
 //! which is also what `agentguard policy reload` sends.
 
 use std::{
+    fs,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -14,12 +16,18 @@ use tracing::warn;
 
 use super::PolicyEngine;
 
+struct Watched {
+    watcher: RecommendedWatcher,
+    /// (device, inode) of the folder under the recursive watch.
+    dir_inode: Option<(u64, u64)>,
+}
+
 /// Quiet time after the last file event before reloading.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// Keeps the watcher and the reload tasks alive; dropping it stops them.
 pub struct Reloader {
-    _watcher: Option<Arc<Mutex<RecommendedWatcher>>>,
+    _watcher: Option<Arc<Mutex<Watched>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -53,13 +61,25 @@ impl Reloader {
             }
         }
         let watcher = engine.dir().map(Path::to_owned).and_then(|dir| {
+            // Absolute, so event paths (absolute) can be compared with it.
+            let dir = std::path::absolute(&dir).unwrap_or(dir);
+            let ours = dir.clone();
             let (tx, rx) = mpsc::unbounded_channel();
             let watcher =
                 notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                     let relevant = match event {
-                        Ok(e) => !matches!(e.kind, EventKind::Access(_)),
+                        // The parent watch also sees siblings (a log file, the
+                        // config): only the folder and what is in it count, or
+                        // a reload that logs next to it would loop.
+                        Ok(e) => {
+                            !matches!(e.kind, EventKind::Access(_))
+                                && e.paths.iter().any(|p| p.starts_with(&ours))
+                        }
                         // Overflowed queue and the like: better a reload too many.
-                        Err(_) => true,
+                        Err(e) => {
+                            warn!("policy folder watch: {e}");
+                            true
+                        }
                     };
                     if relevant {
                         let _ = tx.send(());
@@ -67,7 +87,10 @@ impl Reloader {
                 });
             match watcher {
                 Ok(w) => {
-                    let w = Arc::new(Mutex::new(w));
+                    let w = Arc::new(Mutex::new(Watched {
+                        watcher: w,
+                        dir_inode: None,
+                    }));
                     let parent = parent_of(&dir);
                     rewatch(&w, &dir, &parent, true);
                     tasks.push(tokio::spawn(watch_loop(
@@ -97,7 +120,7 @@ impl Reloader {
 
 async fn watch_loop(
     engine: Arc<PolicyEngine>,
-    watcher: Arc<Mutex<RecommendedWatcher>>,
+    watcher: Arc<Mutex<Watched>>,
     dir: PathBuf,
     parent: PathBuf,
     mut rx: mpsc::UnboundedReceiver<()>,
@@ -126,22 +149,30 @@ async fn reload(engine: &Arc<PolicyEngine>, why: &'static str) {
 }
 
 /// The parent is watched too (non-recursively) so that creating or
-/// replacing the folder itself is noticed.
-fn rewatch(watcher: &Mutex<RecommendedWatcher>, dir: &Path, parent: &Path, first: bool) {
+/// replacing the folder itself is noticed. The folder's watch is renewed
+/// only when the folder is new or another inode: removing a watch queues an
+/// event of its own, which would otherwise trigger the next reload.
+fn rewatch(watcher: &Mutex<Watched>, dir: &Path, parent: &Path, first: bool) {
     let mut w = watcher.lock().unwrap_or_else(|p| p.into_inner());
-    if first && let Err(e) = w.watch(parent, RecursiveMode::NonRecursive) {
+    if first && let Err(e) = w.watcher.watch(parent, RecursiveMode::NonRecursive) {
         warn!("cannot watch {}: {e}", parent.display());
     }
-    let _ = w.unwatch(dir);
-    if dir.exists()
-        && let Err(e) = w.watch(dir, RecursiveMode::Recursive)
-    {
-        warn!("cannot watch {}: {e}", dir.display());
+    let now = fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()));
+    if now == w.dir_inode {
+        return;
+    }
+    if w.dir_inode.take().is_some() {
+        let _ = w.watcher.unwatch(dir);
+    }
+    if now.is_some() {
+        match w.watcher.watch(dir, RecursiveMode::Recursive) {
+            Ok(()) => w.dir_inode = now,
+            Err(e) => warn!("cannot watch {}: {e}", dir.display()),
+        }
     }
 }
 
 fn parent_of(dir: &Path) -> PathBuf {
-    let dir = super::bundle::canonical(dir);
     match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),

@@ -1,0 +1,15 @@
+//! agentguard as a library: the binary (`main.rs`, the CLI) and the benches
+//! build on it. Module names are those of the files; see main.rs for the
+//! reading order.
+
+pub mod bpfsys;
+pub mod cgroup;
+pub mod config;
+pub mod daemon;
+pub mod decide;
+pub mod exec;
+pub mod identity;
+pub mod net;
+pub mod policy;
+pub mod proxy;
+pub mod redirect;
