@@ -12,6 +12,7 @@ mod decide;
 mod exec;
 mod identity;
 mod net;
+mod pg;
 mod proxy;
 mod redirect;
 
