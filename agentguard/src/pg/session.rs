@@ -130,7 +130,7 @@ pub async fn run(guard: PgGuard, client: TcpStream, upstream: TcpStream) -> Resu
                 let _ = client_wr
                     .write_all(&codec::error_response(
                         PROTOCOL_VIOLATION,
-                        &format!("agentguard: {e}"),
+                        &format!("agentguard: protocol error: {e}"),
                     ))
                     .await;
                 return Err(e.into());
