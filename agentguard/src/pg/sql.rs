@@ -410,3 +410,18 @@ mod tests {
         assert!(a.statements.is_empty());
     }
 }
+
+#[cfg(test)]
+mod do_blocks {
+    #[test]
+    fn do_block_is_opaque_and_flagged() {
+        let a = super::analyze("DO $$ BEGIN EXECUTE 'DROP TABLE users'; END $$");
+        // Either sqlparser cannot parse it (policy denies parse errors) or it
+        // is reported as a `do` statement (policy denies those): never as
+        // something harmless.
+        match a.statements.first() {
+            Some(s) => assert_eq!(s.operation, "do", "{a:?}"),
+            None => assert!(a.parse_error.is_some()),
+        }
+    }
+}
