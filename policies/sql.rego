@@ -1,8 +1,11 @@
 # SQL (PostgreSQL `sql` and MySQL `mysql`): the proxy parses each query
-# into input.request.statements[] = {operation, tables, has_where,
-# functions, program, file}; input.request.sql is the raw text. Rules look
-# at both, so a statement the parser could not classify is still caught by
-# the raw text.
+# into input.request.statements[] = {operation, operations, tables,
+# tables_read, tables_written, has_where, functions, copy_program,
+# copy_file}; input.request.sql is the raw text and parse_error is set when
+# the parser gave up. `operations` lists every operation inside a statement
+# (a data-modifying CTE `WITH d AS (DELETE …) SELECT …` is a select that
+# also deletes), so rules look at all of them. Rules also look at the raw
+# text, so a statement the parser could not classify is still caught.
 package agentguard.sql
 
 import rego.v1
@@ -15,8 +18,12 @@ statements := input.request.statements if {
 	is_array(input.request.statements)
 } else := []
 
-# Schema and privilege changes: never from an agent.
-forbidden_operations := {"drop", "truncate", "alter", "grant", "revoke"}
+# Schema and privilege changes, and DO blocks (arbitrary code the parser
+# cannot see into): never from an agent.
+forbidden_operations := {"drop", "truncate", "alter", "grant", "revoke", "do"}
+
+# Every operation of a statement, the top-level one included.
+ops(s) := {lower(op) | some op in array.concat([s.operation], object.get(s, "operations", []))}
 
 # Functions that read or write the server's file system or run programs.
 file_functions := {
@@ -39,24 +46,30 @@ raw := lower(input.request.sql) if {
 	is_string(input.request.sql)
 } else := ""
 
-deny contains sprintf("SQL: %s is not allowed", [upper(s.operation)]) if {
+deny contains sprintf("SQL that agentguard cannot parse is not allowed (%s)", [input.request.parse_error]) if {
 	is_sql
-	some s in statements
-	s.operation in forbidden_operations
+	is_string(input.request.parse_error)
 }
 
-deny contains sprintf("SQL: %s without WHERE on %s", [upper(s.operation), tables(s)]) if {
+deny contains sprintf("SQL: %s is not allowed", [upper(op)]) if {
 	is_sql
 	some s in statements
-	s.operation in {"delete", "update"}
+	some op in ops(s)
+	op in forbidden_operations
+}
+
+deny contains sprintf("SQL: %s without WHERE on %s", [upper(op), written(s)]) if {
+	is_sql
+	some s in statements
+	some op in ops(s)
+	op in {"delete", "update"}
 	not s.has_where == true
 }
 
 deny contains "SQL: COPY ... PROGRAM runs a program on the database server" if {
 	is_sql
 	some s in statements
-	s.operation == "copy"
-	s.program == true
+	s.copy_program == true
 }
 
 deny contains "SQL: COPY ... PROGRAM runs a program on the database server" if {
@@ -68,8 +81,7 @@ deny contains "SQL: COPY ... PROGRAM runs a program on the database server" if {
 deny contains "SQL: COPY to or from a server-side file" if {
 	is_sql
 	some s in statements
-	s.operation == "copy"
-	is_string(s.file)
+	s.copy_file == true
 }
 
 deny contains "SQL: COPY to or from a server-side file" if {
@@ -92,15 +104,19 @@ deny contains sprintf("SQL: server-side file function %s", [f]) if {
 	regex.match(sprintf(`\b%s\s*\(`, [f]), raw)
 }
 
-approve contains sprintf("SQL: %s on production target %s needs approval", [upper(s.operation), input.target.name]) if {
+approve contains sprintf("SQL: %s on production target %s needs approval", [upper(op), input.target.name]) if {
 	is_sql
 	production
 	some s in statements
-	not s.operation in read_operations
-	not s.operation in forbidden_operations
+	some op in ops(s)
+	not op in read_operations
+	not op in forbidden_operations
 }
 
-tables(s) := concat(", ", s.tables) if {
+written(s) := concat(", ", s.tables_written) if {
+	is_array(s.tables_written)
+	count(s.tables_written) > 0
+} else := concat(", ", s.tables) if {
 	is_array(s.tables)
 	count(s.tables) > 0
 } else := "(unknown table)"

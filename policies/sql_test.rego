@@ -62,7 +62,7 @@ test_update_with_where_allowed if {
 }
 
 test_copy_program_flag_denied if {
-	s := {"operation": "copy", "tables": ["t"], "program": true}
+	s := {"operation": "copy", "tables": ["t"], "copy_program": true}
 	d := decide(doc(dev("postgres"), sql("COPY t TO PROGRAM 'x'", [s])))
 	d.action == "deny"
 	contains(d.reason, "PROGRAM")
@@ -79,7 +79,7 @@ test_copy_to_stdout_allowed if {
 }
 
 test_copy_server_file_denied if {
-	s := {"operation": "copy", "tables": ["users"], "file": "/etc/passwd"}
+	s := {"operation": "copy", "tables": ["users"], "copy_file": true}
 	action(doc(dev("postgres"), sql("COPY users FROM '/etc/passwd'", [s]))) == "deny"
 }
 
@@ -137,4 +137,34 @@ test_production_transaction_control_allowed if {
 test_no_statements_allowed if {
 	# e.g. an empty query string; the proxy still asks.
 	action(doc(dev("postgres"), {"kind": "sql", "sql": ""})) == "allow"
+}
+
+test_data_modifying_cte_is_a_delete if {
+	s := {"operation": "select", "operations": ["select", "delete"], "tables": ["users"], "tables_written": ["users"], "has_where": false}
+	d := decide(doc(dev("postgres"), sql("WITH d AS (DELETE FROM users RETURNING *) SELECT count(*) FROM d", [s])))
+	d.action == "deny"
+	contains(d.reason, "DELETE without WHERE on users")
+}
+
+test_data_modifying_cte_on_production_needs_approval if {
+	s := {"operation": "select", "operations": ["select", "insert"], "tables": ["audit"], "tables_written": ["audit"], "has_where": true}
+	action(doc(prod("postgres"), sql("WITH i AS (INSERT INTO audit VALUES (1) RETURNING *) SELECT * FROM i", [s]))) == "approve"
+}
+
+test_prepared_drop_denied if {
+	s := {"operation": "prepare", "operations": ["prepare", "drop"], "tables": ["users"], "has_where": true}
+	action(doc(dev("postgres"), sql("PREPARE p AS DROP TABLE users", [s]))) == "deny"
+}
+
+test_do_block_denied if {
+	d := decide(doc(dev("postgres"), sql("DO $$ BEGIN END $$", [stmt("do", [], false)])))
+	d.action == "deny"
+	contains(d.reason, "DO is not allowed")
+}
+
+test_unparsable_sql_denied if {
+	req := object.union(sql("SELEC 1", []), {"parse_error": "Expected an SQL statement, found: SELEC"})
+	d := decide(doc(dev("postgres"), req))
+	d.action == "deny"
+	contains(d.reason, "cannot parse")
 }

@@ -45,6 +45,10 @@ pub struct Config {
     /// Where programs, maps and links are pinned (on a bpffs mount).
     #[serde(default = "default_bpffs_dir")]
     pub bpffs_dir: PathBuf,
+    /// Seconds a request whose decision is `approve` is held before it is
+    /// refused.
+    #[serde(default = "default_approval_timeout")]
+    pub approval_timeout_secs: u64,
     #[serde(default)]
     pub listener: Listener,
     #[serde(default)]
@@ -133,6 +137,9 @@ fn default_run_dir() -> PathBuf {
 fn default_bpffs_dir() -> PathBuf {
     PathBuf::from("/sys/fs/bpf/agentguard")
 }
+fn default_approval_timeout() -> u64 {
+    300
+}
 fn default_port() -> u16 {
     DEFAULT_PORT
 }
@@ -159,6 +166,7 @@ impl Default for Config {
             policy_dir: default_policy_dir(),
             run_dir: default_run_dir(),
             bpffs_dir: default_bpffs_dir(),
+            approval_timeout_secs: default_approval_timeout(),
             listener: Listener::default(),
             dns: Dns::default(),
             agents: Vec::new(),

@@ -48,6 +48,8 @@ impl Target {
 pub enum Request {
     /// L4: a connection, before any byte.
     Connect,
+    /// One PostgreSQL Query or Parse message (possibly many statements).
+    Sql(crate::pg::SqlRequest),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

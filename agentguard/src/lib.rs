@@ -10,6 +10,7 @@ pub mod decide;
 pub mod exec;
 pub mod identity;
 pub mod net;
+pub mod pg;
 pub mod policy;
 pub mod proxy;
 pub mod redirect;

@@ -20,10 +20,10 @@ use tokio::{
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::{
-    config::Config,
+    config::{Config, Protocol},
     decide::{Action, Decide, Input, Request, Target},
     identity::{AgentRegistry, Identity},
-    net,
+    net, pg,
     redirect::Redirect,
 };
 
@@ -194,7 +194,20 @@ impl Proxy {
             info!(reason = %decision.reason, %upstream_local, "allowed");
             let _ = client.set_nodelay(true);
             let _ = upstream.set_nodelay(true);
-            pipe(client, upstream).await;
+            match input.target.protocol {
+                Protocol::Postgres => {
+                    let guard = pg::session::PgGuard {
+                        decider: Arc::clone(&self.decider),
+                        identity: input.identity,
+                        target: input.target,
+                        approval_timeout: Duration::from_secs(self.config.approval_timeout_secs),
+                    };
+                    if let Err(e) = pg::session::run(guard, client, upstream).await {
+                        warn!("postgres session closed: {e}");
+                    }
+                }
+                _ => pipe(client, upstream).await,
+            }
         }
         .instrument(span)
         .await

@@ -1,0 +1,12 @@
+//! The PostgreSQL guard: wire protocol v3 both ways, a policy decision per
+//! statement, clean refusals the client understands, and masking of rows.
+//!
+//! Files in the order a connection meets them: `codec.rs` (framing),
+//! `session.rs` (startup, auth pass-through, the query loop), `sql.rs` (what a
+//! statement does, for policy).
+
+pub mod codec;
+pub mod session;
+pub mod sql;
+
+pub use session::SqlRequest;
