@@ -38,6 +38,10 @@ pub(crate) struct Cand<'h> {
     pub end: usize,
     /// `hay` ends where the data ends (no more chunks will come).
     pub eof: bool,
+    /// Where the previous hit ended: context words are read only after it
+    /// (after masking, its words are gone, and masking twice must not
+    /// change the score).
+    pub floor: usize,
 }
 
 impl Cand<'_> {
@@ -458,10 +462,12 @@ impl Scanner {
         &self,
         hay: &[u8],
         from: usize,
+        floor: usize,
         eof: bool,
         cx: &ScanCtx,
         hits: &mut Vec<Hit>,
     ) -> usize {
+        let mut floor = floor;
         let limit = if eof {
             hay.len()
         } else {
@@ -482,9 +488,11 @@ impl Scanner {
                 start: s,
                 end: m.end(),
                 eof,
+                floor,
             };
             match self.judge_at(&primary, m.pattern().as_usize(), cx, &mut set) {
                 Judged::Hit(hit, next) => {
+                    floor = hit.span.end;
                     hits.push(hit);
                     pos = next.max(s + 1);
                 }
@@ -573,7 +581,9 @@ impl Scanner {
                         base,
                         &cx.keywords[pat.entity],
                         cx.field,
-                        &cand.hay[cand.start.saturating_sub(NEAR)..cand.start],
+                        after_masked(
+                            &cand.hay[cand.start.saturating_sub(NEAR).max(cand.floor)..cand.start],
+                        ),
                     )
                 };
                 Some(Scored::Hit(
@@ -675,7 +685,7 @@ fn strong(c: &Cand) -> Verdict {
 /// A prefixed token whose body is a run: the run must end here, not go on
 /// past the regex's upper bound.
 fn token_end(c: &Cand) -> Verdict {
-    if c.after(0).is_some_and(is_token_byte) {
+    if c.after(0).is_some_and(is_token_byte) || masked_after(c.hay, c.end) {
         return Verdict::Reject;
     }
     c.accept(0.95)
@@ -683,7 +693,10 @@ fn token_end(c: &Cand) -> Verdict {
 
 fn openai(c: &Cand) -> Verdict {
     let t = c.text();
-    if t.starts_with(b"sk-ant-") || c.after(0).is_some_and(is_token_byte) {
+    if t.starts_with(b"sk-ant-")
+        || c.after(0).is_some_and(is_token_byte)
+        || masked_after(c.hay, c.end)
+    {
         return Verdict::Reject;
     }
     // Real keys are random base62: digits and both cases. This keeps
@@ -703,6 +716,7 @@ fn openai(c: &Cand) -> Verdict {
 fn after_eq(c: &Cand) -> Verdict {
     if c.after(0)
         .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+        || masked_after(c.hay, c.end)
     {
         return Verdict::Reject;
     }
@@ -718,6 +732,7 @@ fn after_eq(c: &Cand) -> Verdict {
 fn aws_secret(c: &Cand) -> Verdict {
     if c.after(0)
         .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+        || masked_after(c.hay, c.end)
     {
         return Verdict::Reject;
     }
@@ -729,7 +744,7 @@ fn aws_secret(c: &Cand) -> Verdict {
 
 fn bearer(c: &Cand) -> Verdict {
     let t = c.text();
-    if c.after(0).is_some_and(|b| is_token_byte(b) || b == b'.') {
+    if c.after(0).is_some_and(|b| is_token_byte(b) || b == b'.') || masked_after(c.hay, c.end) {
         return Verdict::Reject;
     }
     let skip = 6 + t[6..]
@@ -798,6 +813,10 @@ fn url_password(c: &Cand) -> Verdict {
 
 fn kv_password(c: &Cand) -> Verdict {
     let t = c.text();
+    // `db_password=` yes, `xpassword=` (inside another word) no.
+    if c.before().is_some_and(|b| b.is_ascii_alphanumeric()) {
+        return Verdict::Reject;
+    }
     let Some(sep) = t.iter().position(|&b| b == b'=' || b == b':') else {
         return Verdict::Reject;
     };
@@ -806,11 +825,26 @@ fn kv_password(c: &Cand) -> Verdict {
         a += 1;
     }
     let mut b = t.len();
+    let mut end = c.end;
     if a < b && (t[a] == b'"' || t[a] == b'\'') {
         a += 1;
         b -= 1;
+    } else {
+        // A bare value longer than the regex's 128 bytes: mask the rest of
+        // the run too (up to a bound that stays inside the stream's hold),
+        // or its tail would be left for a second pass to find.
+        let bound = (c.start + 400).min(c.hay.len());
+        let more = c.hay[end..bound]
+            .iter()
+            .take_while(|&&b| !b.is_ascii_whitespace() && !b";&,\"'<>{}()[]".contains(&b))
+            .count();
+        end += more;
+        if end == c.hay.len() && !c.eof && bound == c.hay.len() {
+            return Verdict::Incomplete;
+        }
+        b = end - c.start;
     }
-    if a >= b || placeholder(&t[a..b]) {
+    if a >= b || placeholder(&c.hay[c.start + a..c.start + b]) {
         return Verdict::Reject;
     }
     Verdict::Accept {
@@ -902,8 +936,9 @@ fn jwt(c: &Cand) -> Verdict {
 
 fn email(c: &Cand) -> Verdict {
     let t = c.text();
+    // `*` is masked output glued on: a second pass must not start here.
     if c.before()
-        .is_some_and(|b| b.is_ascii_alphanumeric() || b"._%+-".contains(&b))
+        .is_some_and(|b| b.is_ascii_alphanumeric() || b"._%+-*".contains(&b))
     {
         return Verdict::Reject;
     }
@@ -911,7 +946,10 @@ fn email(c: &Cand) -> Verdict {
         return Verdict::Reject;
     };
     let local = &t[..at];
-    if local.ends_with(b".") || local.windows(2).any(|w| w == b"..") {
+    // A hash token glued to the local part is a masked neighbour, not an
+    // address (or a second pass would mask what the first left).
+    let glued = local.windows(20).any(crate::strategy::looks_masked);
+    if glued || local.ends_with(b".") || local.windows(2).any(|w| w == b"..") {
         return Verdict::Reject;
     }
     let tld = t.rsplit(|&b| b == b'.').next().unwrap_or_default();
@@ -943,29 +981,134 @@ fn email(c: &Cand) -> Verdict {
     c.accept(0.95)
 }
 
+// Neighbour checks below must give the same answer after a neighbour has
+// been masked, or masking twice would mask more (not idempotent). So what
+// the strategies write — `*`, `[REDACTED:…]`, `tok_` + 16 hex — counts as
+// the digits it replaced.
+
+/// The part of a context window after the last masked output in it (see
+/// [`Cand::floor`]: the same words must count before and after masking).
+fn after_masked(w: &[u8]) -> &[u8] {
+    let mut cut = w.iter().rposition(|&b| b == b'*').map_or(0, |p| p + 1);
+    let mut i = 0;
+    while let Some(p) = find(&w[i..], b"[REDACTED:") {
+        let at = i + p;
+        if let Some(q) = w[at..].iter().position(|&b| b == b']') {
+            cut = cut.max(at + q + 1);
+        }
+        i = at + 1;
+    }
+    let mut i = 0;
+    while let Some(p) = find(&w[i..], b"tok_") {
+        let at = i + p;
+        if at + 20 <= w.len() && crate::strategy::looks_masked(&w[at..at + 20]) {
+            cut = cut.max(at + 20);
+        }
+        i = at + 1;
+    }
+    &w[cut.min(w.len())..]
+}
+
+/// `hay[..end]` ends with masked output.
+fn masked_before(hay: &[u8], end: usize) -> bool {
+    let h = &hay[..end];
+    h.ends_with(b"*")
+        || (h.ends_with(b"]") && {
+            let from = end.saturating_sub(48);
+            find(&hay[from..end], b"[REDACTED:").is_some()
+        })
+        || (end >= 20 && crate::strategy::looks_masked(&h[end - 20..]))
+}
+
+/// `hay[start..]` starts with masked output.
+fn masked_after(hay: &[u8], start: usize) -> bool {
+    let h = &hay[start.min(hay.len())..];
+    h.starts_with(b"*") || h.starts_with(b"[REDACTED:") || h.starts_with(b"tok_")
+}
+
+fn digitish_before(hay: &[u8], end: usize) -> bool {
+    end > 0 && (hay[end - 1].is_ascii_digit() || masked_before(hay, end))
+}
+
+fn digitish_after(hay: &[u8], start: usize) -> bool {
+    hay.get(start).is_some_and(u8::is_ascii_digit) || masked_after(hay, start)
+}
+
+/// The match continues a chain of space-separated digit groups
+/// (`… 4593 0873 5955 440`, the tail of a longer number), so it is a piece
+/// of something else.
+fn group_tail(c: &Cand) -> bool {
+    c.before() == Some(b' ') && digitish_before(c.hay, c.start - 1)
+}
+
+/// The match follows a 4-character group with a digit (`FR18 5269 4973 …`):
+/// the middle of a longer grouped number such as an IBAN.
+fn after_group4(c: &Cand) -> bool {
+    if c.before() != Some(b' ') {
+        return false;
+    }
+    if masked_before(c.hay, c.start - 1) {
+        return true;
+    }
+    let Some(g) = c.start.checked_sub(5) else {
+        return false;
+    };
+    let group = &c.hay[g..c.start - 1];
+    group.iter().all(u8::is_ascii_alphanumeric)
+        && group.iter().any(u8::is_ascii_digit)
+        && (g == 0 || !c.hay[g - 1].is_ascii_alphanumeric())
+}
+
 /// Digits run on past the match (`1234-5678-…` longer than the entity).
 fn digit_joined(c: &Cand) -> bool {
-    let joined = |b: Option<u8>, n: Option<u8>| {
-        b.is_some_and(|b| b"-./".contains(&b)) && n.is_some_and(|n| n.is_ascii_digit())
-    };
-    joined(c.after(0), c.after(1)) || joined(c.before(), c.start.checked_sub(2).map(|i| c.hay[i]))
+    let sep = |b: Option<u8>| b.is_some_and(|b| b"-./".contains(&b));
+    (sep(c.after(0)) && digitish_after(c.hay, c.end + 1))
+        || (sep(c.before()) && digitish_before(c.hay, c.start - 1))
+        // Glued to masked output: the rest of a value masked with `mask`
+        // or `partial`, which a first pass never started inside.
+        || c.before() == Some(b'*')
+        || c.after(0) == Some(b'*')
+}
+
+/// Tries the match, then shorter versions of it ending before a space
+/// (the greedy regex may have run on into the next number:
+/// `3473-381314-58248 664-18-4817`), longest first.
+fn shrinking(c: &Cand, check: impl Fn(&Cand) -> Verdict) -> Verdict {
+    let t = c.text();
+    let mut end = t.len();
+    loop {
+        let sub = Cand {
+            end: c.start + end,
+            ..*c
+        };
+        if let v @ (Verdict::Accept { .. } | Verdict::Incomplete) = check(&sub) {
+            return v;
+        }
+        match t[..end].iter().rposition(|&b| b == b' ') {
+            Some(p) if p > 0 && t[p - 1].is_ascii_digit() => end = p,
+            _ => return Verdict::Reject,
+        }
+    }
 }
 
 fn card(c: &Cand) -> Verdict {
-    let t = c.text();
-    let Some((d, n)) = v::digits(t) else {
-        return Verdict::Reject;
-    };
-    let d = &d[..n];
-    if !(13..=19).contains(&n)
-        || digit_joined(c)
-        || !v::card_grouping(t)
-        || !v::luhn(d)
-        || !v::card_issuer(d)
-    {
-        return Verdict::Reject;
-    }
-    c.accept(0.95)
+    shrinking(c, |c| {
+        let t = c.text();
+        let Some((d, n)) = v::digits(t) else {
+            return Verdict::Reject;
+        };
+        let d = &d[..n];
+        if !(13..=19).contains(&n)
+            || after_group4(c)
+            || digit_joined(c)
+            || !v::card_grouping(t)
+            || !v::luhn(d)
+            || !v::card_issuer(d)
+        {
+            return Verdict::Reject;
+        }
+        c.accept(0.95)
+    })
 }
 
 fn iban(c: &Cand) -> Verdict {
@@ -1087,7 +1230,9 @@ fn aba(c: &Cand) -> Verdict {
 fn nhs(c: &Cand) -> Verdict {
     let t = c.text();
     match digits_of(c) {
-        Some((d, 10)) if same_separators(t) && !digit_joined(c) && v::nhs(&d[..10]) => {
+        Some((d, 10))
+            if same_separators(t) && !digit_joined(c) && !group_tail(c) && v::nhs(&d[..10]) =>
+        {
             c.accept(if bare(c) { 0.2 } else { 0.35 })
         }
         _ => Verdict::Reject,
@@ -1106,28 +1251,33 @@ fn date_like(d: &[u8]) -> bool {
 }
 
 fn phone_intl(c: &Cand) -> Verdict {
-    let t = c.text();
     if c.before()
         .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'+')
-        || c.after(0).is_some_and(|b| b.is_ascii_digit())
+        || masked_before(c.hay, c.start)
     {
         return Verdict::Reject;
     }
-    let opens = t.iter().filter(|&&b| b == b'(').count();
-    let closes = t.iter().filter(|&&b| b == b')').count();
-    match digits_of(c) {
-        Some((_, n))
-            if (8..=15).contains(&n) && opens == closes && opens <= 1 && !t.ends_with(b"(") =>
-        {
-            c.accept(0.8)
+    shrinking(c, |c| {
+        let t = c.text();
+        if digitish_after(c.hay, c.end) || c.after(0).is_some_and(|b| b.is_ascii_alphanumeric()) {
+            return Verdict::Reject;
         }
-        _ => Verdict::Reject,
-    }
+        let opens = t.iter().filter(|&&b| b == b'(').count();
+        let closes = t.iter().filter(|&&b| b == b')').count();
+        match digits_of(c) {
+            Some((_, n))
+                if (8..=15).contains(&n) && opens == closes && opens <= 1 && !t.ends_with(b"(") =>
+            {
+                c.accept(0.8)
+            }
+            _ => Verdict::Reject,
+        }
+    })
 }
 
 fn phone_nanp(c: &Cand) -> Verdict {
     let t = c.text();
-    if digit_joined(c) || c.before().is_some_and(|b| b.is_ascii_digit()) {
+    if digit_joined(c) || group_tail(c) || digitish_before(c.hay, c.start) {
         return Verdict::Reject;
     }
     let Some((d, n)) = digits_of(c) else {
@@ -1148,7 +1298,12 @@ fn phone_nanp(c: &Cand) -> Verdict {
 
 fn phone_trunk(c: &Cand) -> Verdict {
     match digits_of(c) {
-        Some((d, n)) if (10..=11).contains(&n) && !date_like(&d[..n]) && !digit_joined(c) => {
+        Some((d, n))
+            if (10..=11).contains(&n)
+                && !date_like(&d[..n])
+                && !digit_joined(c)
+                && !group_tail(c) =>
+        {
             c.accept(0.55)
         }
         _ => Verdict::Reject,
@@ -1194,7 +1349,11 @@ fn mac(c: &Cand) -> Verdict {
         .copied()
         .filter(|b| !b.is_ascii_hexdigit())
         .collect();
-    if seps.windows(2).any(|w| w[0] != w[1]) || c.after(0).is_some_and(|b| b == b':' || b == b'-') {
+    if seps.windows(2).any(|w| w[0] != w[1])
+        || c.after(0).is_some_and(|b| b == b':' || b == b'-')
+        || masked_after(c.hay, c.end)
+        || masked_before(c.hay, c.start)
+    {
         return Verdict::Reject;
     }
     c.accept(0.85)
@@ -1205,8 +1364,14 @@ fn ipv6(c: &Cand) -> Verdict {
     while t.len() > 2 && t.ends_with(b":") && !t.ends_with(b"::") {
         t = &t[..t.len() - 1];
     }
+    // Whole tokens only: the regex caps groups at 4 hex digits, so
+    // `a600917` must not yield `a600`.
     if c.before()
         .is_some_and(|b| b.is_ascii_alphanumeric() || b == b':' || b == b'.')
+        || c.after(0)
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        || masked_before(c.hay, c.start)
+        || masked_after(c.hay, c.end)
     {
         return Verdict::Reject;
     }

@@ -352,7 +352,7 @@ impl Engine {
         let field = ctx.words();
         let mut hits = Vec::new();
         self.scanner
-            .scan(value, 0, true, &self.scan_ctx(sel, &field), &mut hits);
+            .scan(value, 0, 0, true, &self.scan_ctx(sel, &field), &mut hits);
         if hits.is_empty() {
             return unchanged(value);
         }

@@ -32,6 +32,8 @@ pub struct StreamMasker<'e> {
     /// `buf[..kept]` was emitted already (context only); the rest is pending.
     buf: Vec<u8>,
     kept: usize,
+    /// End of the last hit in `buf` (context words are read after it).
+    floor: usize,
     findings: Vec<Finding>,
 }
 
@@ -47,6 +49,7 @@ impl<'e> StreamMasker<'e> {
             whole: engine.whole_rule(ctx, sel),
             buf: Vec::new(),
             kept: 0,
+            floor: 0,
             findings: Vec::new(),
         }
     }
@@ -109,7 +112,10 @@ impl<'e> StreamMasker<'e> {
             let cx = engine.scan_ctx(self.sel, &self.field);
             let cut = engine
                 .scanner
-                .scan(&self.buf, self.kept, eof, &cx, &mut hits);
+                .scan(&self.buf, self.kept, self.floor, eof, &cx, &mut hits);
+            if let Some(last) = hits.last() {
+                self.floor = last.span.end;
+            }
             let ctx = FieldContext {
                 kind: self.kind,
                 name: self.name.as_deref(),
@@ -130,6 +136,7 @@ impl<'e> StreamMasker<'e> {
         let keep_from = end.saturating_sub(KEEP);
         self.buf.drain(..keep_from);
         self.kept = end - keep_from;
+        self.floor = self.floor.saturating_sub(keep_from);
         out
     }
 }

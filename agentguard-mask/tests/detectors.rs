@@ -168,6 +168,11 @@ fn phone() {
     miss("pid 4155550132"); // bare digits without context
     miss("order 415-911-0132"); // N11 exchange
     miss("x = 3+4");
+    // The greedy regex must not eat the start of the next word.
+    assert_eq!(
+        red("+2152315919 12HrLTBi4LgeysB491XgVSbJ"),
+        "[REDACTED:phone] 12HrLTBi4LgeysB491XgVSbJ"
+    );
 }
 
 #[test]
