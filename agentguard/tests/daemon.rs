@@ -48,14 +48,21 @@ fn start_daemon(setup: &Setup, log_name: &str) -> (Killed, PathBuf) {
         .arg("--config")
         .arg(setup.config.path())
         .arg("run")
-        .env("AGENTGUARD_LOG", "info")
+        .env("AGENTGUARD_LOG", "info,agentguard::policy=debug")
         .stdout(Stdio::null())
         .stderr(fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("daemon");
     let info = setup.config.dir.path().join("run/daemon.json");
+    let pid = child.id();
     let daemon = Killed(child);
-    wait_for("daemon ready", Duration::from_secs(20), || info.exists());
+    // A killed daemon leaves its daemon.json behind: wait for this one's.
+    wait_for("daemon ready", Duration::from_secs(20), || {
+        fs::read_to_string(&info)
+            .ok()
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
+            .is_some_and(|v| v["pid"].as_u64() == Some(u64::from(pid)))
+    });
     (daemon, log)
 }
 
@@ -178,7 +185,7 @@ fn bad_config_names_key_and_line() {
         .expect("run");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("line 5") && err.contains("bogus"), "{err}");
+    assert!(err.contains("line 6") && err.contains("bogus"), "{err}");
 }
 
 #[test]
@@ -245,4 +252,124 @@ fn attach_without_daemon_refuses_and_detach_releases() {
         !out.status.success(),
         "detaching twice must say it is not attached"
     );
+}
+
+const ALLOW_WEB: &str = r#"package agentguard
+import rego.v1
+default decision := {"action": "deny", "reason": "test policy: default deny"}
+decision := {"action": "allow", "reason": "test policy v1 allows web"} if input.target.name == "web"
+"#;
+
+const DENY_ALL: &str = r#"package agentguard
+import rego.v1
+decision := {"action": "deny", "reason": "test policy v2 denies everything"}
+"#;
+
+#[test]
+fn policy_edits_apply_live_and_a_broken_edit_keeps_the_last_good() {
+    require_root();
+    let server = PeerServer::start("127.0.0.1:0");
+    let t = tag();
+    let cgroup_rel = format!("/agentguard-policy-{t}/agent");
+    let bpffs = PathBuf::from(format!("/sys/fs/bpf/agentguard-policy-{t}"));
+    let policy_dir = tempfile::tempdir().expect("policy dir");
+    let policy_file = policy_dir.path().join("agentguard.rego");
+    fs::write(&policy_file, ALLOW_WEB).expect("policy");
+    let config = TestConfig::new(&format!(
+        "bpffs_dir = \"{}\"\npolicy_dir = \"{}\"\n[listener]\nport = {}\n[[agents]]\nname = \"agent\"\ncgroup = \"{cgroup_rel}\"\n{}",
+        bpffs.display(),
+        policy_dir.path().display(),
+        free_port(),
+        target("web", server.addr)
+    ));
+    let setup = Setup {
+        cgroup_dir: cgroup2_mount().join(cgroup_rel.trim_start_matches('/')),
+        cgroup_rel,
+        bpffs,
+        config,
+    };
+    let (_daemon, log) = start_daemon(&setup, "daemon.log");
+    let port = server.addr.port();
+    assert!(
+        client_in_cgroup(&setup, port).starts_with("peer="),
+        "v1 allows"
+    );
+
+    // Edit on disk, no restart: denied within 2 s.
+    fs::write(&policy_file, DENY_ALL).expect("edit");
+    let start = std::time::Instant::now();
+    let mut denied = false;
+    while start.elapsed() < Duration::from_secs(2) {
+        if client_in_cgroup(&setup, port).starts_with("ERR") {
+            denied = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        denied,
+        "the edited policy must apply within 2 s:\n{}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+    let daemon_log = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        daemon_log.contains("test policy v2 denies everything"),
+        "{daemon_log}"
+    );
+
+    // A broken edit: the last good policy (v2) stays live and is reported.
+    fs::write(&policy_file, "package agentguard\nthis is not rego\n").expect("broken edit");
+    wait_for(
+        "the failed reload in status",
+        Duration::from_secs(5),
+        || status(&setup).contains("FAILED"),
+    );
+    assert!(
+        client_in_cgroup(&setup, port).starts_with("ERR"),
+        "v2 still denies"
+    );
+    let cli = |args: &[&str]| {
+        Command::new(bin())
+            .arg("--config")
+            .arg(setup.config.path())
+            .args(args)
+            .output()
+            .expect("cli")
+    };
+    let out = cli(&["policy", "reload"]);
+    assert!(
+        !out.status.success(),
+        "reload of a broken bundle fails: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Fixed again, and `policy reload` and SIGHUP both reach the daemon.
+    fs::write(&policy_file, ALLOW_WEB).expect("fix");
+    wait_for("v1 live again", Duration::from_secs(5), || {
+        client_in_cgroup(&setup, port).starts_with("peer=")
+    });
+    let out = cli(&["policy", "reload"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid = fs::read_to_string(setup.config.dir.path().join("run/daemon.json"))
+        .ok()
+        .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
+        .and_then(|v| v["pid"].as_i64())
+        .expect("daemon pid");
+    let sighups = || {
+        fs::read_to_string(&log)
+            .map(|l| l.matches("SIGHUP").count())
+            .unwrap_or(0)
+    };
+    let before = sighups();
+    // SAFETY: kill(2) to the daemon this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    wait_for("SIGHUP reload logged", Duration::from_secs(5), || {
+        sighups() > before
+    });
+    assert!(client_in_cgroup(&setup, port).starts_with("peer="));
 }

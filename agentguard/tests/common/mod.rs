@@ -109,11 +109,17 @@ pub struct TestConfig {
 impl TestConfig {
     /// `body` is appended to a header that gives the test its own run_dir
     /// (so a daemon of another test is never mistaken for ours).
+    /// Unless `body` names its own `policy_dir`, the shipped policies apply.
     pub fn new(body: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("agentguard.toml");
+        let policy = if body.contains("policy_dir") {
+            String::new()
+        } else {
+            format!("policy_dir = \"{}\"\n", shipped_policies().display())
+        };
         let text = format!(
-            "run_dir = \"{}\"\nstate_dir = \"{}\"\n{body}",
+            "run_dir = \"{}\"\nstate_dir = \"{}\"\n{policy}{body}",
             dir.path().join("run").display(),
             dir.path().join("state").display()
         );
@@ -124,6 +130,10 @@ impl TestConfig {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+pub fn shipped_policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
 }
 
 pub fn target(name: &str, addr: SocketAddr) -> String {
