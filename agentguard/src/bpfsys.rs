@@ -13,7 +13,12 @@ use std::{
 
 // Values of enum bpf_cmd (include/uapi/linux/bpf.h).
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+/// The kernel-internal ENOTSUPP, which bpf(2) can return as is.
+const KERNEL_ENOTSUPP: i32 = 524;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
 fn bpf(cmd: libc::c_long, attr: &mut [u64; 4]) -> io::Result<libc::c_long> {
@@ -59,4 +64,42 @@ pub fn link_update(link: &impl AsFd, new_prog: &impl AsFd) -> io::Result<()> {
 pub fn link_detach(link: &impl AsFd) -> io::Result<()> {
     let mut attr = [link.as_fd().as_raw_fd() as u32 as u64, 0, 0, 0];
     bpf(BPF_LINK_DETACH, &mut attr).map(drop)
+}
+
+/// Looks a key up and deletes it in one step (hash maps: kernel 5.14+), so
+/// the proxy's origin lookup costs one syscall and needs no lock. Falls back
+/// to lookup + delete where the kernel lacks it. `Ok(None)`: no such key.
+pub fn map_take<K: Copy, V: Copy>(map: &impl AsFd, key: &K) -> io::Result<Option<V>> {
+    let mut value = std::mem::MaybeUninit::<V>::uninit();
+    // { __u32 map_fd; __aligned_u64 key; __aligned_u64 value; __u64 flags; }
+    let mut attr = [
+        map.as_fd().as_raw_fd() as u32 as u64,
+        std::ptr::from_ref(key) as u64,
+        value.as_mut_ptr() as u64,
+        0,
+    ];
+    let found = match bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
+        Ok(_) => true,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EINVAL | KERNEL_ENOTSUPP | libc::EOPNOTSUPP)
+            ) =>
+        {
+            match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+                Ok(_) => {
+                    let mut del = [attr[0], attr[1], 0, 0];
+                    let _ = bpf(BPF_MAP_DELETE_ELEM, &mut del);
+                    true
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    // SAFETY: the kernel wrote a whole value of the map's value size, which is
+    // size_of::<V>() (both sides use the same #[repr(C)] type).
+    Ok(found.then(|| unsafe { value.assume_init() }))
 }

@@ -73,14 +73,7 @@ impl Identity {
                     .collect()
             })
             .unwrap_or_default();
-        // /proc may show a later cgroup (or none, if the process is gone); the
-        // kernel's cgroup id is the one the connect came from.
-        let cgroup = cgroup::path_of_pid(pid)
-            .filter(|p| {
-                cgroup_mount.and_then(|m| cgroup::Cgroup::new(m, p).ok()?.id().ok())
-                    == Some(origin.cgroup_id)
-            })
-            .or_else(|| cgroup_mount.and_then(|m| cgroup::path_of_id(m, origin.cgroup_id)));
+        let cgroup = cgroup_path(pid, origin.cgroup_id, cgroup_mount);
         let agent = agents.get(origin.cgroup_id).or_else(|| {
             let path = cgroup.as_deref()?;
             config
@@ -111,6 +104,36 @@ impl Identity {
             unit,
         }
     }
+}
+
+/// The path of the cgroup a connect came from. Cached by cgroup id: ids are
+/// 64-bit and not reused, and a path lookup costs a /proc read and a stat on
+/// every connection otherwise. exe and cmdline are never cached: an execve
+/// changes them under the same pid.
+fn cgroup_path(pid: u32, cgroup_id: u64, mount: Option<&Path>) -> Option<String> {
+    const MAX_ENTRIES: usize = 4096;
+    static CACHE: std::sync::OnceLock<RwLock<HashMap<u64, String>>> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(hit) = cache
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&cgroup_id)
+    {
+        return Some(hit.clone());
+    }
+    // /proc may show a later cgroup (or none, if the process is gone); the
+    // kernel's cgroup id is the one the connect came from.
+    let path = cgroup::path_of_pid(pid)
+        .filter(|p| {
+            mount.and_then(|m| cgroup::Cgroup::new(m, p).ok()?.id().ok()) == Some(cgroup_id)
+        })
+        .or_else(|| mount.and_then(|m| cgroup::path_of_id(m, cgroup_id)))?;
+    let mut cache = cache.write().unwrap_or_else(|p| p.into_inner());
+    if cache.len() >= MAX_ENTRIES {
+        cache.clear();
+    }
+    cache.insert(cgroup_id, path.clone());
+    Some(path)
 }
 
 /// User names by uid, read from /etc/passwd once per uid: a connection's

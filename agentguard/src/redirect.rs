@@ -14,7 +14,6 @@ use std::{
     fs, io,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    sync::Mutex,
 };
 
 use agentguard_common::{
@@ -89,7 +88,7 @@ pub struct LoadOptions<'a> {
 pub struct Redirect {
     ebpf: Ebpf,
     pin_dir: Option<PathBuf>,
-    origins: Mutex<HashMap<MapData, SockKey, Origin>>,
+    origins: MapData,
     _logger: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -160,15 +159,14 @@ impl Redirect {
         let origins = ebpf
             .take_map(MAP_ORIGINS)
             .ok_or(RedirectError::Missing(MAP_ORIGINS))?;
-        let origins = HashMap::try_from(origins).map_err(|source| RedirectError::Map {
-            name: MAP_ORIGINS,
-            source,
-        })?;
+        let aya::maps::Map::LruHashMap(origins) = origins else {
+            return Err(RedirectError::Missing(MAP_ORIGINS));
+        };
 
         let mut redirect = Self {
             ebpf,
             pin_dir: opts.pin_dir.map(Path::to_owned),
-            origins: Mutex::new(origins),
+            origins,
             _logger: logger,
         };
         if let Some(dir) = opts.pin_dir {
@@ -287,11 +285,14 @@ impl Redirect {
     /// that a later connection from the same address and port can never
     /// inherit it.
     pub fn take_origin(&self, peer: SocketAddr) -> Option<Origin> {
-        let key = net::sock_key(peer);
-        let mut map = self.origins.lock().unwrap_or_else(|p| p.into_inner());
-        let origin = map.get(&key, 0).ok()?;
-        let _ = map.remove(&key);
-        Some(origin)
+        let key: SockKey = net::sock_key(peer);
+        match bpfsys::map_take::<SockKey, Origin>(self.origins.fd(), &key) {
+            Ok(origin) => origin,
+            Err(e) => {
+                warn!("origin lookup failed: {e}");
+                None
+            }
+        }
     }
 }
 
