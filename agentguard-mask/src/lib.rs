@@ -79,7 +79,9 @@
 //!
 //! # Known gaps
 //! - The prefilter skips text with no digit, no `@` and no secret literal;
-//!   an IPv6 or MAC address written without a single digit is missed.
+//!   an IPv6 or MAC address written without a single digit is missed, and
+//!   so is a key word in mixed case (`PassWord=x`; lower, Capitalised and
+//!   UPPER are covered).
 //! - Phone numbers: E.164 (`+…`), North American and trunk-prefixed (`0…`)
 //!   national formats; bare digit runs need context (a `phone` field).
 
