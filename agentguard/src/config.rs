@@ -53,6 +53,14 @@ pub struct Config {
     pub listener: Listener,
     #[serde(default)]
     pub dns: Dns,
+    /// The mask engine's configuration (agentguard-mask `MaskConfig`):
+    /// threshold, hash key, default selection, custom patterns, per-target
+    /// overrides.
+    #[serde(default)]
+    pub mask: agentguard_mask::MaskConfig,
+    /// Filled in by `load`: the compiled mask engine.
+    #[serde(skip)]
+    pub masker: Masker,
     #[serde(default)]
     pub agents: Vec<Agent>,
     #[serde(default)]
@@ -63,6 +71,20 @@ pub struct Config {
     /// Filled in by `load`: DNS resolvers that UDP port 53 may reach.
     #[serde(skip)]
     pub resolvers: Vec<IpAddr>,
+}
+
+/// The compiled mask engine, shared by every connection.
+#[derive(Clone, Default)]
+pub struct Masker(pub Option<std::sync::Arc<agentguard_mask::Engine>>);
+
+impl std::fmt::Debug for Masker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Masker(compiled)"
+        } else {
+            "Masker(none)"
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +191,8 @@ impl Default for Config {
             approval_timeout_secs: default_approval_timeout(),
             listener: Listener::default(),
             dns: Dns::default(),
+            mask: agentguard_mask::MaskConfig::default(),
+            masker: Masker::default(),
             agents: Vec::new(),
             targets: Vec::new(),
             resolved: Vec::new(),
@@ -228,6 +252,11 @@ impl Config {
                 });
             }
         }
+        let engine = agentguard_mask::Engine::new(&self.mask).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: format!("[mask]: {e}"),
+        })?;
+        self.masker = Masker(Some(std::sync::Arc::new(engine)));
         self.resolved.clear();
         for (index, target) in self.targets.iter().enumerate() {
             let address = target.address.get_ref();

@@ -201,6 +201,7 @@ impl Proxy {
                         identity: input.identity,
                         target: input.target,
                         approval_timeout: Duration::from_secs(self.config.approval_timeout_secs),
+                        masker: self.config.masker.0.clone(),
                     };
                     if let Err(e) = pg::session::run(guard, client, upstream).await {
                         warn!("postgres session closed: {e}");

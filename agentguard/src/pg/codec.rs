@@ -199,6 +199,34 @@ pub fn bind_names(msg: &Message) -> Result<(&str, &str), CodecError> {
     Ok((portal, stmt))
 }
 
+/// Bind ('B'): the result-column format codes (empty: all text; one: all
+/// columns; else one per column).
+pub fn bind_result_formats(msg: &Message) -> Result<Vec<i16>, CodecError> {
+    const E: CodecError = CodecError::Malformed("Bind", "truncated");
+    let mut body = msg.body();
+    cstr(&mut body).ok_or(E)?;
+    cstr(&mut body).ok_or(E)?;
+    let take_i16 = |b: &mut &[u8]| -> Result<i16, CodecError> {
+        let v = b.get(..2).ok_or(E)?;
+        let n = i16::from_be_bytes([v[0], v[1]]);
+        *b = &b[2..];
+        Ok(n)
+    };
+    let n_param_formats = take_i16(&mut body)?.max(0) as usize;
+    body = body.get(n_param_formats * 2..).ok_or(E)?;
+    let n_params = take_i16(&mut body)?.max(0);
+    for _ in 0..n_params {
+        let len = body.get(..4).ok_or(E)?;
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        body = &body[4..];
+        if len > 0 {
+            body = body.get(len as usize..).ok_or(E)?;
+        }
+    }
+    let n = take_i16(&mut body)?.max(0);
+    (0..n).map(|_| take_i16(&mut body)).collect()
+}
+
 /// Describe ('D') or Close ('C') from the client: kind ('S' or 'P') and name.
 pub fn target_name(msg: &Message) -> Result<(u8, &str), CodecError> {
     let mut body = msg.body();
@@ -304,6 +332,11 @@ pub fn build_data_row<'a>(values: impl ExactSizeIterator<Item = Option<&'a [u8]>
             }
         }
     })
+}
+
+/// A message with this tag and body.
+pub fn build(tag: u8, body: &[u8]) -> Bytes {
+    frame(tag, |out| out.put_slice(body))
 }
 
 /// ErrorResponse with severity ERROR.

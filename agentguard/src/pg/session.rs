@@ -14,6 +14,7 @@ use std::{
     time::Duration,
 };
 
+use agentguard_mask::{Engine, FieldContext, Selection};
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 use tokio::{
@@ -73,6 +74,17 @@ pub struct PgGuard {
     /// How long a statement whose decision is `approve` is held before it is
     /// refused (approvals are granted through the approvals CLI).
     pub approval_timeout: Duration,
+    pub masker: Option<Arc<Engine>>,
+}
+
+/// How to mask the rows of one statement's results.
+#[derive(Debug)]
+struct RowMask {
+    sel: Selection,
+    /// The one table the statement reads, if it reads exactly one: column
+    /// rules match `table.column` against it (RowDescription only carries
+    /// table OIDs, and looking names up would cost a query per statement).
+    table: Option<String>,
 }
 
 /// What the server's replies will be, in order; pushed by the client→server
@@ -80,8 +92,10 @@ pub struct PgGuard {
 #[derive(Debug)]
 enum Pending {
     /// Ends with ReadyForQuery: a Query, a Sync, or a refusal's stand-in Sync.
+    /// `rows`: how to mask a simple Query's rows (and COPY TO STDOUT data).
     Ready {
         inject: Option<Bytes>,
+        rows: Option<Arc<RowMask>>,
     },
     Parsed(String),
     Bound(String),
@@ -90,6 +104,9 @@ enum Pending {
     Execute {
         portal: String,
         statement: String,
+        rows: Option<Arc<RowMask>>,
+        /// Result formats asked for in Bind (0 text, 1 binary).
+        formats: Arc<Vec<i16>>,
     },
 }
 
@@ -157,6 +174,7 @@ pub async fn run(guard: PgGuard, client: TcpStream, upstream: TcpStream) -> Resu
         upstream_rd,
         Arc::clone(&client_wr),
         Arc::clone(&shared),
+        session.guard.masker.clone(),
     ));
     let result = client_to_server(
         &session,
@@ -186,7 +204,39 @@ struct Session {
 }
 
 impl Session {
+    /// The decision for one Query / Parse, and, when allowed, how to mask
+    /// its rows. Mask rules that do not compile deny: masking less than the
+    /// policy asked is not an option.
     async fn decide(
+        &self,
+        sql: &str,
+        analysis: sql::SqlAnalysis,
+        protocol: &'static str,
+    ) -> (Decision, Option<Arc<RowMask>>) {
+        let table = match analysis.statements.as_slice() {
+            [only] if only.tables_read.len() == 1 => {
+                only.tables_read[0].rsplit('.').next().map(str::to_owned)
+            }
+            _ => None,
+        };
+        let decision = self.decide_only(sql, analysis, protocol).await;
+        if decision.action != Action::Allow {
+            return (decision, None);
+        }
+        let Some(engine) = &self.guard.masker else {
+            return (decision, None);
+        };
+        match engine.selection(self.guard.target.name.as_deref(), &decision.mask) {
+            Ok(sel) => (decision, Some(Arc::new(RowMask { sel, table }))),
+            Err(e) => {
+                let reason = format!("the policy's mask rules are invalid: {e}");
+                warn!(sql, %reason, "denied");
+                (Decision::deny(reason), None)
+            }
+        }
+    }
+
+    async fn decide_only(
         &self,
         sql: &str,
         analysis: sql::SqlAnalysis,
@@ -228,9 +278,23 @@ impl Session {
 
 /// Substitutes what a SQL-level PREPARE defined for each EXECUTE, so policy
 /// judges what will actually run.
-fn resolve_prepared(statements: &mut [StatementInfo], prepared: &HashMap<String, StatementInfo>) {
+fn resolve_prepared(
+    statements: &mut [StatementInfo],
+    prepared: &HashMap<String, StatementInfo>,
+    same_query: &[(String, StatementInfo)],
+) {
     for s in statements.iter_mut().filter(|s| s.operation == "execute") {
-        if let Some(p) = s.prepared_name.as_ref().and_then(|n| prepared.get(n)) {
+        let Some(name) = s.prepared_name.as_ref() else {
+            continue;
+        };
+        // A PREPARE earlier in the same Query string wins over an older one.
+        let found = same_query
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p)
+            .or_else(|| prepared.get(name));
+        if let Some(p) = found {
             let name = s.prepared_name.clone();
             *s = StatementInfo {
                 operation: "execute".into(),
@@ -266,7 +330,8 @@ async fn client_to_server(
     // After a refused Parse: drop the batch until Sync (what the server itself
     // does after an error), then report the refusal there.
     let mut discarding: Option<Bytes> = None;
-    let mut portal_statement: HashMap<String, String> = HashMap::new();
+    let mut portal_statement: HashMap<String, (String, Arc<Vec<i16>>)> = HashMap::new();
+    let mut statement_rows: HashMap<String, Arc<RowMask>> = HashMap::new();
     let mut prepared: HashMap<String, StatementInfo> = HashMap::new();
     loop {
         let msg = match codec::decode(&mut buf, MAX_MESSAGE)? {
@@ -282,16 +347,17 @@ async fn client_to_server(
             tag::QUERY => {
                 let text = codec::query_text(&msg)?;
                 let mut analysis = sql::analyze(text);
-                resolve_prepared(&mut analysis.statements, &prepared);
-                let defined: Vec<(String, StatementInfo)> = prepared_definitions(text, &analysis);
-                let decision = session.decide(text, analysis, "simple").await;
+                let defined = prepared_definitions(&analysis);
+                resolve_prepared(&mut analysis.statements, &prepared, &defined);
+                let (decision, rows) = session.decide(text, analysis, "simple").await;
                 if decision.action == Action::Allow {
                     prepared.extend(defined);
-                    push(Pending::Ready { inject: None });
+                    push(Pending::Ready { inject: None, rows });
                     upstream.write_all(&msg.raw).await?;
                 } else {
                     push(Pending::Ready {
                         inject: Some(refusal(&decision.reason)),
+                        rows: None,
                     });
                     upstream.write_all(&codec::sync()).await?;
                 }
@@ -302,9 +368,13 @@ async fn client_to_server(
                     continue;
                 }
                 let mut analysis = sql::analyze(text);
-                resolve_prepared(&mut analysis.statements, &prepared);
-                let decision = session.decide(text, analysis, "extended").await;
+                resolve_prepared(&mut analysis.statements, &prepared, &[]);
+                let (decision, rows) = session.decide(text, analysis, "extended").await;
                 if decision.action == Action::Allow {
+                    match rows {
+                        Some(rows) => statement_rows.insert(name.to_owned(), rows),
+                        None => statement_rows.remove(name),
+                    };
                     push(Pending::Parsed(name.to_owned()));
                     upstream.write_all(&msg.raw).await?;
                 } else {
@@ -314,6 +384,7 @@ async fn client_to_server(
             tag::SYNC => {
                 push(Pending::Ready {
                     inject: discarding.take(),
+                    rows: None,
                 });
                 upstream.write_all(&msg.raw).await?;
             }
@@ -323,13 +394,15 @@ async fn client_to_server(
                 warn!("denied: fast-path function call");
                 push(Pending::Ready {
                     inject: Some(refusal("fast-path function calls are not allowed")),
+                    rows: None,
                 });
                 upstream.write_all(&codec::sync()).await?;
             }
             _ if discarding.is_some() && msg.tag() != tag::TERMINATE => {}
             tag::BIND => {
                 let (portal, statement) = codec::bind_names(&msg)?;
-                portal_statement.insert(portal.to_owned(), statement.to_owned());
+                let formats = Arc::new(codec::bind_result_formats(&msg)?);
+                portal_statement.insert(portal.to_owned(), (statement.to_owned(), formats));
                 push(Pending::Bound(portal.to_owned()));
                 upstream.write_all(&msg.raw).await?;
             }
@@ -344,8 +417,15 @@ async fn client_to_server(
             }
             tag::EXECUTE => {
                 let portal = codec::execute_portal(&msg)?.to_owned();
-                let statement = portal_statement.get(&portal).cloned().unwrap_or_default();
-                push(Pending::Execute { portal, statement });
+                let (statement, formats) =
+                    portal_statement.get(&portal).cloned().unwrap_or_default();
+                let rows = statement_rows.get(&statement).cloned();
+                push(Pending::Execute {
+                    portal,
+                    statement,
+                    rows,
+                    formats,
+                });
                 upstream.write_all(&msg.raw).await?;
             }
             tag::TERMINATE => {
@@ -359,8 +439,7 @@ async fn client_to_server(
 }
 
 /// The names a Query's PREPARE statements define, with what they run.
-fn prepared_definitions(text: &str, analysis: &sql::SqlAnalysis) -> Vec<(String, StatementInfo)> {
-    let _ = text;
+fn prepared_definitions(analysis: &sql::SqlAnalysis) -> Vec<(String, StatementInfo)> {
     analysis
         .statements
         .iter()
@@ -373,6 +452,7 @@ async fn server_to_client(
     mut rd: OwnedReadHalf,
     client: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     shared: Arc<Mutex<Shared>>,
+    masker: Option<Arc<Engine>>,
 ) -> Result<(), PgError> {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut statement_columns: HashMap<String, Arc<Vec<Column>>> = HashMap::new();
@@ -394,6 +474,8 @@ async fn server_to_client(
                 continue;
             }
         };
+        // A message rewritten by masking replaces the original bytes.
+        let mut replaced: Option<Bytes> = None;
         {
             let mut st = shared.lock().unwrap_or_else(|e| e.into_inner());
             match msg.tag() {
@@ -433,14 +515,50 @@ async fn server_to_client(
                     }
                 }
                 tag::DATA_ROW => {
-                    let _columns = match st.pending.front() {
-                        Some(Pending::Execute { portal, statement }) => portal_columns
-                            .get(portal)
-                            .or_else(|| statement_columns.get(statement))
-                            .cloned(),
-                        _ => current.clone(),
+                    let (columns, rows, formats) = match st.pending.front() {
+                        Some(Pending::Execute {
+                            portal,
+                            statement,
+                            rows,
+                            formats,
+                        }) => (
+                            portal_columns
+                                .get(portal)
+                                .or_else(|| statement_columns.get(statement))
+                                .cloned(),
+                            rows.clone(),
+                            Arc::clone(formats),
+                        ),
+                        Some(Pending::Ready { rows, .. }) => {
+                            (current.clone(), rows.clone(), Arc::default())
+                        }
+                        _ => (current.clone(), None, Arc::default()),
                     };
-                    // Masking plugs in here (mask engine).
+                    if let (Some(engine), Some(rows)) = (&masker, rows) {
+                        replaced = mask_row(
+                            engine,
+                            &msg,
+                            columns.as_deref().map(Vec::as_slice),
+                            &formats,
+                            &rows,
+                        )?;
+                    }
+                }
+                tag::COPY_DATA => {
+                    // COPY … TO STDOUT rows: text lines without column names,
+                    // so only the content detectors apply.
+                    if let (
+                        Some(engine),
+                        Some(Pending::Ready {
+                            rows: Some(rows), ..
+                        }),
+                    ) = (&masker, st.pending.front())
+                    {
+                        let m = engine.mask_bytes(msg.body(), &FieldContext::text(), &rows.sel);
+                        if let std::borrow::Cow::Owned(v) = m.value {
+                            replaced = Some(codec::build(tag::COPY_DATA, &v));
+                        }
+                    }
                 }
                 tag::COMMAND_COMPLETE | tag::PORTAL_SUSPENDED | tag::EMPTY_QUERY => {
                     if matches!(st.pending.front(), Some(Pending::Execute { .. })) {
@@ -460,7 +578,7 @@ async fn server_to_client(
                 }
                 tag::READY_FOR_QUERY => {
                     while let Some(p) = st.pending.pop_front() {
-                        if let Pending::Ready { inject } = p {
+                        if let Pending::Ready { inject, .. } = p {
                             if let Some(inject) = inject {
                                 out.extend_from_slice(&inject);
                             }
@@ -472,10 +590,72 @@ async fn server_to_client(
                 _ => {}
             }
         }
-        out.extend_from_slice(&msg.raw);
+        out.extend_from_slice(replaced.as_deref().unwrap_or(&msg.raw));
         if out.len() >= 64 * 1024 {
             client.lock().await.write_all(&out).await?;
             out.clear();
         }
     }
+}
+
+/// Types whose binary form is their text (so detectors can read it).
+fn is_text_type(oid: u32) -> bool {
+    const TEXTLIKE: [u32; 8] = [25, 1043, 1042, 19, 114, 3802, 705, 142];
+    TEXTLIKE.contains(&oid)
+}
+
+/// Masks one DataRow; `Ok(None)` when nothing changed (the original bytes
+/// go out). Text-format values and binary values of text types are masked
+/// in place; a binary value of another type that a rule selects becomes NULL
+/// (a token cannot be written into a binary integer).
+fn mask_row(
+    engine: &Engine,
+    msg: &codec::Message,
+    columns: Option<&[Column]>,
+    formats: &[i16],
+    rows: &RowMask,
+) -> Result<Option<Bytes>, PgError> {
+    let values = codec::data_row(msg)?;
+    let mut masked: Vec<Option<std::borrow::Cow<'_, [u8]>>> = Vec::with_capacity(values.len());
+    let mut changed = false;
+    for (i, value) in values.iter().enumerate() {
+        let Some(range) = value else {
+            masked.push(None);
+            continue;
+        };
+        let raw = &msg.raw[range.clone()];
+        let column = columns.and_then(|c| c.get(i));
+        let format = match (column, formats) {
+            (Some(c), _) => c.format,
+            (None, [one]) => *one,
+            (None, many) => many.get(i).copied().unwrap_or(0),
+        };
+        let name = column.map(|c| c.name.as_str());
+        let path = name
+            .zip(rows.table.as_deref())
+            .map(|(n, t)| format!("{t}.{n}"));
+        let ctx = match name {
+            Some(n) => FieldContext::column(n, path.as_deref()),
+            None => FieldContext::text(),
+        };
+        let m = engine.mask_bytes(raw, &ctx, &rows.sel);
+        let binary_opaque = format == 1 && !column.is_some_and(|c| is_text_type(c.type_oid));
+        match m.value {
+            std::borrow::Cow::Borrowed(_) => masked.push(Some(std::borrow::Cow::Borrowed(raw))),
+            _ if m.null || binary_opaque => {
+                changed = true;
+                masked.push(None);
+            }
+            std::borrow::Cow::Owned(v) => {
+                changed = true;
+                masked.push(Some(std::borrow::Cow::Owned(v)));
+            }
+        }
+    }
+    if !changed {
+        return Ok(None);
+    }
+    Ok(Some(codec::build_data_row(
+        masked.iter().map(|v| v.as_deref()),
+    )))
 }

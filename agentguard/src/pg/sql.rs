@@ -43,7 +43,7 @@ pub struct StatementInfo {
     pub copy_program: bool,
     /// `COPY … TO/FROM 'file'` (server-side file access).
     pub copy_file: bool,
-    /// For EXECUTE: the prepared statement's name.
+    /// For PREPARE and EXECUTE: the prepared statement's name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prepared_name: Option<String>,
 }
@@ -398,9 +398,14 @@ mod tests {
         assert_eq!(s.operation, "prepare");
         assert!(s.operations.contains(&"delete".to_owned()));
         assert!(!s.has_where);
-        let s = one("EXECUTE p");
-        assert_eq!(s.operation, "execute");
         assert_eq!(s.prepared_name.as_deref(), Some("p"));
+        let s = one("EXECUTE P");
+        assert_eq!(s.operation, "execute");
+        assert_eq!(
+            s.prepared_name.as_deref(),
+            Some("p"),
+            "names fold like identifiers"
+        );
     }
 
     #[test]
