@@ -19,13 +19,18 @@ def step(name, fn):
 
 
 step("GET the docs service", lambda: urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}/", timeout=5).status)
-step(
-    "query the app database with psql",
-    lambda: subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-p", str(PG_PORT), "-U", "postgres", "-Atc", "select 'rows: ' || count(*) from pg_class"],
-        capture_output=True, text=True, timeout=10, check=True,
-    ).stdout.strip(),
-)
+def psql(sql):
+    r = subprocess.run(
+        ["psql", "-X", "-h", "127.0.0.1", "-p", str(PG_PORT), "-U", "postgres", "-Atc", sql],
+        capture_output=True, text=True, timeout=30,
+    )
+    return (r.stdout.strip().replace("\n", " / ") or "") + (" " + r.stderr.strip() if r.stderr.strip() else "")
+
+
+step("read customers (emails, cards masked in flight)", lambda: psql("SELECT name, email, card FROM customers ORDER BY id"))
+step("delete every customer", lambda: psql("DELETE FROM customers"))
+step("hide a DROP in a multi-statement string", lambda: psql("SELECT 1; DROP TABLE customers"))
+step("update a customer on the production database (held for approval)", lambda: psql("UPDATE customers SET name = 'X' WHERE id = 1"))
 step("reach the admin service (not a target)", lambda: socket.create_connection(("127.0.0.1", ADMIN_PORT), timeout=5).recv(1))
 step("the same database over IPv6-mapped address", lambda: socket.create_connection(("::ffff:127.0.0.1", PG_PORT), timeout=5) and "connected")
 

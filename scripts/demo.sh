@@ -18,16 +18,19 @@ mkdir -p "$SERVICES_DIR/www" && echo "internal docs" >"$SERVICES_DIR/www/index.h
 start_http $HTTP_PORT "$SERVICES_DIR/www"
 start_http $ADMIN_PORT "$SERVICES_DIR/www"
 start_postgres $PG_PORT
+psql -X -q -h 127.0.0.1 -p $PG_PORT -U postgres -c "CREATE TABLE customers (id int, name text, email text, card text);
+  INSERT INTO customers VALUES (1, 'Ann Lee', 'ann.lee@example.com', '4111 1111 1111 1111'),
+                               (2, 'Bob Roe', 'bob@example.org', '5500 0000 0000 0004')"
 
 config="$SERVICES_DIR/agentguard.toml"
 sed -e "s|@RUN@|$SERVICES_DIR/run|" -e "s|@POLICIES@|$PWD/policies|" \
   -e "s|@HTTP@|$HTTP_PORT|" -e "s|@PG@|$PG_PORT|" examples/demo.toml >"$config"
 
 echo "== the agent's view"
-AGENTGUARD_LOG=info "$bin" --config "$config" exec --agent coder -- \
+AGENTGUARD_LOG=info,agentguard::pg=debug "$bin" --config "$config" exec --agent coder -- \
   /usr/bin/python3 examples/agent.py $HTTP_PORT $PG_PORT $ADMIN_PORT 2>"$SERVICES_DIR/guard.log"
 echo
 echo "== agentguard's decisions"
-grep -E ' (allowed|denied|refused)' "$SERVICES_DIR/guard.log" |
+grep -E ' (allowed|denied|refused|held for approval)' "$SERVICES_DIR/guard.log" |
   sed -E 's/^[^ ]+ +//; s/agentguard::[a-z:]+: //' || true
 grep -q ' denied ' "$SERVICES_DIR/guard.log" && grep -q ' allowed ' "$SERVICES_DIR/guard.log"
