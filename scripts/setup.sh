@@ -12,7 +12,7 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 # --- Debian packages ---------------------------------------------------------
 packages=(
   iproute2 util-linux procps psmisc curl python3 haproxy dnsmasq-base dnsutils
-  postgresql postgresql-client
+  postgresql postgresql-client pgbouncer
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -54,6 +54,9 @@ fi
 llvm_major="$(basename "$llvm_so" | sed -E 's/^libLLVM\.so\.([0-9]+)\..*/\1/')"
 mkdir -p "$prefix/lib"
 ln -sfn "$llvm_so" "$prefix/lib/libLLVM.so"
+# The linker's rpath points here and the loader looks for the soname, not
+# just libLLVM.so (outside `rustup run`, nothing else finds it).
+ln -sfn "$llvm_so" "$prefix/lib/$(basename "$llvm_so")"
 if command -v bpf-linker >/dev/null 2>&1 && bpf-linker --version >/dev/null 2>&1; then
   log "bpf-linker present ($(bpf-linker --version 2>&1 | head -n1))"
 else
