@@ -17,7 +17,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --all-targets -- -D warnings
 echo "== cargo build"
-cargo build --all-targets
+cargo build
 if [[ -d policies ]] && ./target/debug/agentguard policy --help >/dev/null 2>&1; then
   echo "== agentguard policy test policies/"
   ./target/debug/agentguard policy test policies/
