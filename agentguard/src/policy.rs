@@ -8,9 +8,14 @@
 //! undefined or malformed result) is a deny whose reason says why.
 
 mod bundle;
+mod cache;
 pub mod cli;
+mod conflicts;
 mod eval;
 mod limits;
+#[doc(hidden)]
+pub mod samples;
+mod to_value;
 mod watch;
 
 use std::{
@@ -26,8 +31,12 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, error, info, warn};
 
 pub use self::{
-    bundle::{Bundle, SourceFile, TestResult},
+    bundle::{
+        Bundle, EvalPath, Evaluator, MAX_INSTRUCTIONS, SourceFile, TestResult, VM_ENV, read_dir,
+    },
+    cache::CAPACITY as CONNECT_CACHE_CAPACITY,
     eval::parse_decision,
+    to_value::to_value,
     watch::Reloader,
 };
 use crate::decide::{Decide, Decision, Input};
@@ -112,6 +121,13 @@ pub struct PolicyState {
     pub last_attempt_at: Option<u64>,
     /// The last attempt's failure; cleared by a successful (or unchanged) load.
     pub last_error: Option<String>,
+    /// Which evaluator decides for the live bundle: `rvm (bytecode VM)` or
+    /// `interpreter (why)`.
+    #[serde(default)]
+    pub engine: Option<String>,
+    /// `on`, or `off (why)`: whether connect decisions are cached.
+    #[serde(default)]
+    pub connect_cache: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,7 +140,10 @@ pub struct PolicyEngine {
     origin: Origin,
     live: ArcSwap<Live>,
     pool: eval::Pool,
+    cache: cache::ConnectCache,
     budget: Duration,
+    /// Whether bundles may run on the bytecode VM.
+    allow_vm: bool,
     state: Mutex<PolicyState>,
     state_file: Option<PathBuf>,
 }
@@ -142,6 +161,15 @@ impl PolicyEngine {
     }
 
     fn with_budget(origin: Origin, state_file: Option<PathBuf>, budget: Duration) -> Arc<Self> {
+        Self::with_options(origin, state_file, budget, !bundle::vm_disabled())
+    }
+
+    fn with_options(
+        origin: Origin,
+        state_file: Option<PathBuf>,
+        budget: Duration,
+        allow_vm: bool,
+    ) -> Arc<Self> {
         let source = match &origin {
             Origin::Dir(d) => d.display().to_string(),
             Origin::Builtin => "built-in (configured targets only)".into(),
@@ -150,7 +178,9 @@ impl PolicyEngine {
             origin,
             live: ArcSwap::from_pointee(Live::Missing("not loaded yet".into())),
             pool: eval::Pool::new(),
+            cache: cache::ConnectCache::new(),
             budget,
+            allow_vm,
             state: Mutex::new(PolicyState {
                 source,
                 ..PolicyState::default()
@@ -196,6 +226,11 @@ impl PolicyEngine {
                     state.files = b.files.clone();
                     state.tests = b.tests.len();
                     state.loaded_at = Some(now);
+                    state.engine = Some(b.path_description());
+                    state.connect_cache = Some(match &b.connect_uncacheable {
+                        None => "on".into(),
+                        Some(why) => format!("off ({why})"),
+                    });
                 }
             }
             Err(e) => {
@@ -218,7 +253,16 @@ impl PolicyEngine {
         match self.reload() {
             Ok(ReloadOutcome::Loaded(version)) => {
                 let state = self.state();
-                info!(trigger = why, %version, files = state.files.len(), tests = state.tests, source = %state.source, "policy loaded");
+                info!(
+                    trigger = why,
+                    %version,
+                    files = state.files.len(),
+                    tests = state.tests,
+                    source = %state.source,
+                    engine = state.engine.as_deref().unwrap_or("-"),
+                    connect_cache = state.connect_cache.as_deref().unwrap_or("-"),
+                    "policy loaded"
+                );
             }
             Ok(ReloadOutcome::Unchanged(version)) => {
                 debug!(trigger = why, %version, "policy unchanged")
@@ -252,7 +296,7 @@ impl PolicyEngine {
         {
             return Ok(ReloadOutcome::Unchanged(version));
         }
-        let bundle = Bundle::compile(&files, self.budget)?;
+        let bundle = Bundle::compile_with(&files, self.budget, self.allow_vm)?;
         let results = bundle.run_tests(TEST_BUDGET);
         let failed: Vec<&TestResult> = results.iter().filter(|r| !r.passed).collect();
         if !failed.is_empty() {
@@ -270,13 +314,63 @@ impl PolicyEngine {
                 names,
             });
         }
+        if let Some(why) = &bundle.interpreter_reason {
+            warn!(%version, "policy decisions run on the tree interpreter: {why}");
+        }
         self.live.store(Arc::new(Live::Ready(Arc::new(bundle))));
+        // Entries are keyed by bundle, so old ones could not hit; free them.
+        self.cache.clear();
         Ok(ReloadOutcome::Loaded(version))
     }
 
     /// Decides an input document given as a regorus value (protocol
-    /// sessions, benches and the CLI build these directly).
+    /// sessions, benches and the CLI build these directly). Never cached.
     pub fn decide_value(&self, input: Value) -> Decision {
+        let live = self.live.load();
+        match &**live {
+            Live::Ready(bundle) => self.evaluate(bundle, input).0,
+            Live::Missing(cause) => {
+                Decision::deny(format!("agentguard: no valid policy loaded: {cause}"))
+            }
+        }
+    }
+
+    /// The decision, and whether the policy itself gave it (false for the
+    /// fail-closed denies: evaluation error, timeout, malformed decision).
+    fn evaluate(&self, bundle: &Arc<Bundle>, input: Value) -> (Decision, bool) {
+        let result = self
+            .pool
+            .evaluate(bundle, input, self.budget)
+            .and_then(|v| parse_decision(&v));
+        match result {
+            Ok(v) => (
+                Decision {
+                    action: v.action,
+                    reason: v.reason,
+                    mask: v.mask,
+                    policy_version: bundle.version.clone(),
+                },
+                true,
+            ),
+            Err(cause) => {
+                warn!(policy_version = %bundle.version, "policy failed, denying: {cause}");
+                let deny = Decision {
+                    policy_version: bundle.version.clone(),
+                    ..Decision::deny(format!("agentguard: policy error: {cause}"))
+                };
+                (deny, false)
+            }
+        }
+    }
+
+    /// Entries in the connect decision cache (tests, diagnostics).
+    pub fn cached_decisions(&self) -> usize {
+        self.cache.len()
+    }
+}
+
+impl Decide for PolicyEngine {
+    fn decide(&self, input: &Input) -> Decision {
         let live = self.live.load();
         let bundle = match &**live {
             Live::Ready(b) => b,
@@ -284,34 +378,23 @@ impl PolicyEngine {
                 return Decision::deny(format!("agentguard: no valid policy loaded: {cause}"));
             }
         };
-        let result = self
-            .pool
-            .evaluate(bundle, input, self.budget)
-            .and_then(|v| parse_decision(&v));
-        match result {
-            Ok(v) => Decision {
-                action: v.action,
-                reason: v.reason,
-                mask: v.mask,
-                policy_version: bundle.version.clone(),
-            },
-            Err(cause) => {
-                warn!(policy_version = %bundle.version, "policy failed, denying: {cause}");
-                Decision {
-                    policy_version: bundle.version.clone(),
-                    ..Decision::deny(format!("agentguard: policy error: {cause}"))
-                }
+        let cacheable = bundle.connect_uncacheable.is_none() && cache::ConnectCache::applies(input);
+        if cacheable && let Some(hit) = self.cache.get(bundle.id, input) {
+            return hit;
+        }
+        let value = match to_value(input) {
+            Ok(v) => v,
+            Err(e) => {
+                return Decision::deny(format!("agentguard: cannot encode the policy input: {e}"));
             }
+        };
+        let (decision, answered) = self.evaluate(bundle, value);
+        // Only what the policy itself answered: a watchdog timeout or an
+        // evaluation error is never replayed from the cache.
+        if cacheable && answered {
+            self.cache.put(bundle.id, input, &decision);
         }
-    }
-}
-
-impl Decide for PolicyEngine {
-    fn decide(&self, input: &Input) -> Decision {
-        match serde_json::to_value(input) {
-            Ok(json) => self.decide_value(Value::from(json)),
-            Err(e) => Decision::deny(format!("agentguard: cannot encode the policy input: {e}")),
-        }
+        decision
     }
 }
 
@@ -424,6 +507,14 @@ pub fn status_lines(run_dir: &Path, daemon_running: bool) -> Vec<String> {
             )),
             None => lines.push(format!("policy:    last load FAILED at {when}: {e}")),
         }
+    }
+    if s.version.is_some()
+        && let Some(engine) = &s.engine
+    {
+        lines.push(format!(
+            "policy:    evaluated by {engine}; connect decision cache {}",
+            s.connect_cache.as_deref().unwrap_or("-")
+        ));
     }
     lines
 }

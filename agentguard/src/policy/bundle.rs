@@ -13,7 +13,9 @@ use std::{
 };
 
 use regorus::{
-    Engine, Value,
+    Engine, Rc, Value,
+    languages::rego::compiler::Compiler,
+    rvm::{Program, RegoVM},
     unstable::{Expr, Rule, RuleHead},
     utils::limits::ExecutionTimerConfig,
 };
@@ -35,8 +37,18 @@ pub struct SourceFile {
     pub text: String,
 }
 
+/// Environment variable that turns the bytecode VM off (`0`, `off`,
+/// `false`, `interpreter`): every decision then runs on the tree
+/// interpreter. An escape hatch, not a tuning knob.
+pub const VM_ENV: &str = "AGENTGUARD_POLICY_VM";
+/// Instructions one decision may execute on the VM. The shipped policies
+/// need a few thousand; a million is well past any real policy and, at tens
+/// of nanoseconds per instruction, about as long as the time budget.
+pub const MAX_INSTRUCTIONS: usize = 1_000_000;
+
 /// A compiled, prepared bundle. Immutable once built: evaluations clone the
-/// engine (cheap: modules and data are shared behind `Arc`s).
+/// engine (cheap: modules and data are shared behind `Arc`s) or load the
+/// VM program (shared behind an `Arc`).
 pub struct Bundle {
     /// Unique per compiled bundle in this process; workers key their engine
     /// clone on it.
@@ -45,7 +57,44 @@ pub struct Bundle {
     pub files: Vec<String>,
     /// Full rule paths of the `test_*` rules, e.g. `data.agentguard.sql_test.test_drop`.
     pub tests: Vec<String>,
+    /// The tree interpreter: `test_*` rules (they may use `with`), and
+    /// decisions when the VM cannot take the bundle.
     pub engine: Engine,
+    /// `data.agentguard.decision` compiled to regorus's bytecode VM, when
+    /// the bundle compiles to it (and the VM is not turned off).
+    pub vm: Option<VmProgram>,
+    /// Why decisions run on the interpreter, when `vm` is `None`.
+    pub interpreter_reason: Option<String>,
+    /// Budget of one decision (the VM's execution timer; the interpreter's
+    /// is set on `engine`).
+    pub budget: Duration,
+    /// Instructions one decision may execute on the VM ([`MAX_INSTRUCTIONS`]).
+    pub max_instructions: usize,
+    /// Why connect decisions of this bundle are not cached, if they are not.
+    pub connect_uncacheable: Option<String>,
+}
+
+/// What a VM needs besides its program: the bundle's data documents.
+#[derive(Clone)]
+pub struct VmProgram {
+    pub program: std::sync::Arc<Program>,
+    pub data: Value,
+}
+
+/// Which evaluator decides, for logs and `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvalPath {
+    Vm,
+    Interpreter,
+}
+
+impl EvalPath {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vm => "rvm",
+            Self::Interpreter => "interpreter",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -127,15 +176,22 @@ pub fn version_of(files: &[SourceFile]) -> String {
 
 impl Bundle {
     /// Parses, loads data, prepares the engine and checks that the
-    /// entrypoint exists. `budget` bounds every later evaluation.
+    /// entrypoint exists. `budget` bounds every later evaluation. Decisions
+    /// run on the VM when the bundle compiles to it, unless [`VM_ENV`] says
+    /// otherwise.
     pub fn compile(files: &[SourceFile], budget: Duration) -> Result<Self, PolicyError> {
+        Self::compile_with(files, budget, !vm_disabled())
+    }
+
+    /// [`compile`](Self::compile), with the VM allowed or not.
+    pub fn compile_with(
+        files: &[SourceFile],
+        budget: Duration,
+        allow_vm: bool,
+    ) -> Result<Self, PolicyError> {
         let mut engine = Engine::new();
         engine.set_rego_v0(false);
-        engine.set_execution_timer_config(ExecutionTimerConfig {
-            limit: budget,
-            // Clock reads are cheap next to a rule step; check often.
-            check_interval: NonZeroU32::MIN.saturating_add(31),
-        });
+        engine.set_execution_timer_config(timer(budget));
         limits::install(&mut engine)?;
         for f in files {
             if f.name.ends_with(".rego") {
@@ -161,23 +217,82 @@ impl Bundle {
         if !has_entry {
             return Err(PolicyError::NoEntrypoint);
         }
+        let (vm, interpreter_reason) = if !allow_vm {
+            (None, Some(format!("VM turned off ({VM_ENV})")))
+        } else if let Some(why) = super::conflicts::risk(&mut engine, ENTRY_PACKAGE, ENTRY_RULE) {
+            (
+                None,
+                Some(format!(
+                    "{why}; the VM would treat such a conflict as undefined, not as an error"
+                )),
+            )
+        } else {
+            match compile_vm(&engine) {
+                Ok(vm) => (Some(vm), None),
+                Err(why) => (None, Some(why)),
+            }
+        };
         Ok(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             version: version_of(files),
             files: files.iter().map(|f| f.name.clone()).collect(),
             tests,
             engine,
+            vm,
+            interpreter_reason,
+            budget,
+            max_instructions: MAX_INSTRUCTIONS,
+            connect_uncacheable: super::cache::uncacheable(files),
         })
     }
 
-    /// Evaluates the decision rule on this thread (CLI and tests; the daemon
-    /// goes through the worker pool).
+    /// The evaluator decisions run on.
+    pub fn path(&self) -> EvalPath {
+        if self.vm.is_some() {
+            EvalPath::Vm
+        } else {
+            EvalPath::Interpreter
+        }
+    }
+
+    /// `rvm` or `interpreter (why)`, for logs and `status`.
+    pub fn path_description(&self) -> String {
+        match (&self.vm, &self.interpreter_reason) {
+            (Some(_), _) => "rvm (bytecode VM)".into(),
+            (None, Some(why)) => format!("interpreter ({why})"),
+            (None, None) => "interpreter".into(),
+        }
+    }
+
+    /// A fresh evaluator for the live path, with the bundle's limits.
+    pub fn evaluator(&self) -> Result<Evaluator, String> {
+        match &self.vm {
+            Some(vm) => self.vm_evaluator(vm).map(Evaluator::Vm),
+            None => Ok(Evaluator::Interpreter(Box::new(self.engine.clone()))),
+        }
+    }
+
+    /// A VM loaded with this bundle's program (benches and the equivalence
+    /// tests use it even when the live path is the interpreter).
+    pub fn vm_evaluator(&self, vm: &VmProgram) -> Result<Box<RegoVM>, String> {
+        let mut machine = Box::new(RegoVM::new());
+        machine.load_program(std::sync::Arc::clone(&vm.program));
+        machine
+            .set_data(vm.data.clone())
+            .map_err(|e| format!("cannot load the bundle's data into the VM: {e}"))?;
+        machine.set_execution_timer_config(Some(timer(self.budget)));
+        machine.set_max_instructions(self.max_instructions);
+        // Not strict: comparisons of different types are ordered, as in the
+        // interpreter. Builtins are strict anyway: `limits::install_vm`
+        // wraps each one to call it strictly and to make its error fatal.
+        machine.set_strict_builtin_errors(false);
+        Ok(machine)
+    }
+
+    /// Evaluates the decision rule on this thread, on the live path (CLI and
+    /// tests; the daemon goes through the worker pool).
     pub fn eval_inline(&self, input: Value) -> Result<Value, String> {
-        let mut engine = self.engine.clone();
-        engine.set_input(input);
-        engine
-            .eval_rule(ENTRYPOINT.to_owned())
-            .map_err(|e| super::one_line(&e))
+        self.evaluator()?.eval(input)
     }
 
     /// Runs every `test_*` rule, each on a fresh engine with no input. A test
@@ -187,10 +302,7 @@ impl Bundle {
             .iter()
             .map(|name| {
                 let mut engine = self.engine.clone();
-                engine.set_execution_timer_config(ExecutionTimerConfig {
-                    limit: budget,
-                    check_interval: NonZeroU32::MIN.saturating_add(31),
-                });
+                engine.set_execution_timer_config(timer(budget));
                 let start = Instant::now();
                 let result = engine.eval_rule(name.clone());
                 let duration = start.elapsed();
@@ -208,6 +320,96 @@ impl Bundle {
             })
             .collect()
     }
+}
+
+/// Clock reads are cheap next to a rule step (or 32 VM instructions); check often.
+fn timer(budget: Duration) -> ExecutionTimerConfig {
+    ExecutionTimerConfig {
+        limit: budget,
+        check_interval: NonZeroU32::MIN.saturating_add(31),
+    }
+}
+
+pub(super) fn vm_disabled() -> bool {
+    std::env::var(VM_ENV).is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "0" | "off" | "false" | "no" | "interpreter"
+        )
+    })
+}
+
+/// Compiles `data.agentguard.decision` to RVM bytecode, with agentguard's
+/// bounded builtins in place of regorus's (the VM resolves builtins from
+/// regorus's table, not from the engine's extensions). The error says why
+/// the interpreter has to decide instead.
+fn compile_vm(engine: &Engine) -> Result<VmProgram, String> {
+    // On a clone: compiling prepares the engine for this one entrypoint.
+    let mut scratch = engine.clone();
+    let entry: Rc<str> = ENTRYPOINT.into();
+    let compiled = scratch
+        .compile_with_entrypoint(&entry)
+        .map_err(|e| format!("cannot compile for the VM: {}", super::one_line(&e)))?;
+    let mut program = Compiler::compile_from_policy(&compiled, &[ENTRYPOINT]).map_err(|e| {
+        format!(
+            "cannot compile for the VM: {}",
+            super::one_line(&anyhow::anyhow!("{e}"))
+        )
+    })?;
+    let patched = match std::sync::Arc::get_mut(&mut program) {
+        Some(p) => limits::install_vm(p),
+        None => {
+            let mut owned = (*program).clone();
+            let r = limits::install_vm(&mut owned);
+            program = std::sync::Arc::new(owned);
+            r
+        }
+    };
+    patched.map_err(|e| format!("cannot install builtin limits in the VM: {e}"))?;
+    let data = engine.get_data();
+    // The same check the VM does on load, so a conflict is refused here.
+    program
+        .check_rule_data_conflicts(&data)
+        .map_err(|e| format!("the VM refuses the bundle's data: {e}"))?;
+    Ok(VmProgram { program, data })
+}
+
+/// One worker's evaluator of a bundle: a loaded VM or an engine clone.
+pub enum Evaluator {
+    Vm(Box<RegoVM>),
+    Interpreter(Box<Engine>),
+}
+
+impl Evaluator {
+    /// The value of `data.agentguard.decision` for `input`.
+    pub fn eval(&mut self, input: Value) -> Result<Value, String> {
+        match self {
+            Self::Vm(vm) => {
+                vm.set_input(input);
+                let _ = limits::take_builtin_error();
+                let result = vm.execute().map_err(|e| {
+                    // A wrapped builtin's error, made fatal: its own message.
+                    limits::take_builtin_error().unwrap_or_else(|| vm_error(&e))
+                });
+                // Do not keep the input (and whatever the run built) alive
+                // until the next decision.
+                vm.set_input(Value::Null);
+                result
+            }
+            Self::Interpreter(engine) => {
+                engine.set_input(input);
+                engine
+                    .eval_rule(ENTRYPOINT.to_owned())
+                    .map_err(|e| super::one_line(&e))
+            }
+        }
+    }
+}
+
+/// VM errors as one line, worded like the interpreter's where it matters
+/// to a reader (the time limit).
+fn vm_error(e: &regorus::rvm::vm::VmError) -> String {
+    super::one_line(&anyhow::anyhow!("{e}"))
 }
 
 /// A data file's document, nested under its folder's path (OPA's layout:
@@ -270,7 +472,7 @@ fn inspect(engine: &mut Engine) -> (bool, Vec<String>) {
 }
 
 /// `a.b.c` → ["a", "b", "c"]; bracketed or computed parts end the path.
-fn ref_path(expr: &Expr) -> Vec<String> {
+pub(super) fn ref_path(expr: &Expr) -> Vec<String> {
     match expr {
         Expr::Var { span, .. } => vec![span.text().to_owned()],
         Expr::RefDot { refr, field, .. } => {

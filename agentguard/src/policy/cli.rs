@@ -64,6 +64,11 @@ fn check(dir: &Path) -> anyhow::Result<i32> {
         bundle.tests.len(),
         dir.display()
     );
+    println!("engine: {}", bundle.path_description());
+    match &bundle.connect_uncacheable {
+        None => println!("connect decision cache: on"),
+        Some(why) => println!("connect decision cache: off ({why})"),
+    }
     Ok(0)
 }
 

@@ -1,28 +1,37 @@
 //! Evaluation off the proxy's threads, under a watchdog.
 //!
-//! regorus bounds Rego-level work with its execution timer, but a single
-//! builtin call (a huge `sprintf` width, `replace` on a big string) runs to
-//! completion before the timer is looked at. So decisions run on a small
-//! pool of evaluator threads and the caller waits at most the budget plus a
-//! grace period: past that it denies, and a fresh worker replaces the stuck
-//! one (up to a cap), so the proxy keeps serving whatever the policy does.
-//! The hand-off costs a few microseconds; each worker keeps its own clone of
-//! the engine, keyed by bundle id, so there is no lock on the hot path.
+//! regorus bounds Rego-level work (the interpreter's execution timer, the
+//! VM's timer and instruction limit), but a single builtin call (a huge
+//! `sprintf` width, `replace` on a big string) runs to completion before
+//! either is looked at. So decisions run on a small pool of evaluator
+//! threads and the caller waits at most the budget plus a grace period:
+//! past that it denies, and a fresh worker replaces the stuck one (up to a
+//! cap), so the proxy keeps serving whatever the policy does.
+//!
+//! Each worker keeps its own evaluator (a loaded VM, or an engine clone when
+//! the bundle runs on the interpreter), keyed by bundle id, so there is no
+//! lock and no clone on the hot path. The hand-off is a job queue to the
+//! workers and, back, a reply slot per calling thread (reused across calls,
+//! no allocation) that the worker fills before unparking the caller. A
+//! sequence number makes a late answer from a stuck worker land nowhere.
 
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
-    thread,
+    thread::{self, Thread},
     time::{Duration, Instant},
 };
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use regorus::{Engine, Value};
+use crossbeam_channel::{Receiver, Sender};
+use regorus::Value;
 use tracing::{error, warn};
 
-use super::{ENTRYPOINT, bundle::Bundle};
+use super::{
+    ENTRYPOINT,
+    bundle::{Bundle, Evaluator},
+};
 use crate::decide::Action;
 
 /// Time a worker may overrun the budget (scheduling, the timer's check
@@ -31,11 +40,56 @@ const GRACE: Duration = Duration::from_millis(25);
 /// Workers beyond the base count, spawned only to replace stuck ones.
 const EXTRA_WORKERS: usize = 8;
 
+type Answer = Result<Value, String>;
+
+/// Where a worker leaves its answer for one calling thread.
+struct Slot {
+    state: Mutex<SlotState>,
+    caller: Thread,
+}
+
+struct SlotState {
+    /// The call being waited for; a worker answering another one is late.
+    seq: u64,
+    answer: Option<Answer>,
+}
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores the answer if the caller still waits for it; false if it gave up.
+    fn answer(&self, seq: u64, answer: Answer) -> bool {
+        let delivered = {
+            let mut state = self.lock();
+            if state.seq == seq {
+                state.answer = Some(answer);
+                true
+            } else {
+                false
+            }
+        };
+        if delivered {
+            self.caller.unpark();
+        }
+        delivered
+    }
+}
+
+thread_local! {
+    static SLOT: Arc<Slot> = Arc::new(Slot {
+        state: Mutex::new(SlotState { seq: 0, answer: None }),
+        caller: thread::current(),
+    });
+}
+
 struct Job {
     bundle: Arc<Bundle>,
     input: Value,
     deadline: Instant,
-    reply: Sender<Result<Value, String>>,
+    slot: Arc<Slot>,
+    seq: u64,
 }
 
 pub struct Pool {
@@ -86,55 +140,71 @@ impl Pool {
         budget: Duration,
     ) -> Result<Value, String> {
         let wait = budget + GRACE;
-        let (reply, answer) = crossbeam_channel::bounded(1);
+        let deadline = Instant::now() + wait;
+        let slot = SLOT.with(Arc::clone);
+        let seq = {
+            let mut state = slot.lock();
+            state.seq = state.seq.wrapping_add(1);
+            state.answer = None;
+            state.seq
+        };
         let job = Job {
             bundle: Arc::clone(bundle),
             input,
-            deadline: Instant::now() + wait,
-            reply,
+            deadline,
+            slot: Arc::clone(&slot),
+            seq,
         };
         if self.tx.send(job).is_err() {
             return Err("policy workers are gone".into());
         }
-        match answer.recv_timeout(wait) {
-            Ok(result) => result,
-            Err(RecvTimeoutError::Timeout) => {
-                let live = self.live.load(Ordering::SeqCst);
-                if live < self.base + EXTRA_WORKERS {
-                    self.spawn_worker();
+        loop {
+            {
+                let mut state = slot.lock();
+                if let Some(answer) = state.answer.take() {
+                    return answer;
                 }
-                warn!(
-                    live_workers = live,
-                    "policy evaluation overran its budget; watchdog denied"
-                );
-                Err(format!(
-                    "policy evaluation did not finish within {} ms (watchdog)",
-                    wait.as_millis()
-                ))
+                if Instant::now() >= deadline {
+                    // Whatever the stuck worker answers later is dropped.
+                    state.seq = state.seq.wrapping_add(1);
+                    break;
+                }
             }
-            Err(RecvTimeoutError::Disconnected) => Err("policy worker failed".into()),
+            // Spurious wake-ups (or a stale unpark token) just loop.
+            thread::park_timeout(deadline.saturating_duration_since(Instant::now()));
         }
+        let live = self.live.load(Ordering::SeqCst);
+        if live < self.base + EXTRA_WORKERS {
+            self.spawn_worker();
+        }
+        warn!(
+            live_workers = live,
+            "policy evaluation overran its budget; watchdog denied"
+        );
+        Err(format!(
+            "policy evaluation did not finish within {} ms (watchdog)",
+            wait.as_millis()
+        ))
     }
 }
 
 fn worker(rx: &Receiver<Job>, live: &AtomicUsize, base: usize) {
-    let mut cached: Option<(u64, Engine)> = None;
+    let mut cached: Option<(u64, Evaluator)> = None;
     for job in rx.iter() {
         // Queued behind a stuck evaluation: the caller has already denied.
         if Instant::now() >= job.deadline {
             continue;
         }
-        let engine = match &mut cached {
-            Some((id, engine)) if *id == job.bundle.id => engine,
-            slot => &mut slot.insert((job.bundle.id, job.bundle.engine.clone())).1,
+        let result = match &mut cached {
+            Some((id, evaluator)) if *id == job.bundle.id => evaluator.eval(job.input),
+            slot => match job.bundle.evaluator() {
+                Ok(evaluator) => slot.insert((job.bundle.id, evaluator)).1.eval(job.input),
+                Err(e) => Err(e),
+            },
         };
-        engine.set_input(job.input);
-        let result = engine
-            .eval_rule(ENTRYPOINT.to_owned())
-            .map_err(|e| super::one_line(&e));
         // The caller gave up on us: we were the stuck one and a replacement
         // exists. Step back if the pool is above its base size.
-        if job.reply.send(result).is_err() && live.load(Ordering::SeqCst) > base {
+        if !job.slot.answer(job.seq, result) && live.load(Ordering::SeqCst) > base {
             live.fetch_sub(1, Ordering::SeqCst);
             return;
         }

@@ -4,7 +4,7 @@ use std::{
 };
 
 use super::*;
-use crate::decide::Action;
+use crate::decide::{Action, Input};
 
 fn write(dir: &Path, name: &str, text: &str) {
     let path = dir.join(name);
@@ -14,13 +14,41 @@ fn write(dir: &Path, name: &str, text: &str) {
     fs::write(path, text).expect("write policy");
 }
 
+/// Budget of decisions in tests that are not about time: a debug build on
+/// a loaded machine can take more than 50 ms for a real decision.
+const SLACK: Duration = Duration::from_secs(2);
+
 fn engine(dir: &Path) -> Arc<PolicyEngine> {
     PolicyEngine::with_budget(
         Origin::Dir(dir.to_owned()),
         Some(dir.join("state.json")),
-        DEFAULT_BUDGET,
+        SLACK,
     )
 }
+
+/// An engine whose bundles run on the VM (`true`) or the interpreter.
+fn engine_on(dir: &Path, vm: bool) -> Arc<PolicyEngine> {
+    engine_with(dir, vm, SLACK)
+}
+
+fn engine_with(dir: &Path, vm: bool, budget: Duration) -> Arc<PolicyEngine> {
+    PolicyEngine::with_options(
+        Origin::Dir(dir.to_owned()),
+        Some(dir.join("state.json")),
+        budget,
+        vm,
+    )
+}
+
+/// The live bundle's evaluator, checked to be the one asked for.
+fn live_path(e: &PolicyEngine) -> EvalPath {
+    match &**e.live.load() {
+        Live::Ready(b) => b.path(),
+        Live::Missing(cause) => panic!("no bundle: {cause}"),
+    }
+}
+
+const PATHS: [(bool, EvalPath); 2] = [(true, EvalPath::Vm), (false, EvalPath::Interpreter)];
 
 fn input(json: &str) -> Value {
     Value::from_json_str(json).expect("json")
@@ -157,60 +185,573 @@ fn evaluation_error_denies() {
     );
 }
 
+/// Decides `doc` with `policy` on the VM and on the interpreter (checking
+/// that each really ran where asked), timing each.
+fn decide_on_both(
+    policy: &str,
+    doc: &str,
+    budget: Duration,
+) -> Vec<(EvalPath, Decision, Duration)> {
+    PATHS
+        .iter()
+        .map(|&(vm, path)| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            write(dir.path(), "p.rego", policy);
+            let e = engine_with(dir.path(), vm, budget);
+            assert_eq!(live_path(&e), path, "{:?}", e.state());
+            let start = Instant::now();
+            let d = e.decide_value(input(doc));
+            (path, d, start.elapsed())
+        })
+        .collect()
+}
+
 #[test]
 fn huge_range_denies_fast() {
-    let policy = "package agentguard\nimport rego.v1\nn := count([x | some x in numbers.range(1, 100000000)])\ndecision := {\"action\": \"allow\"} if n > 0\n";
-    let start = Instant::now();
-    let d = decide_with(policy, "{}");
-    assert_eq!(d.action, Action::Deny);
-    assert!(d.reason.contains("limit"), "{}", d.reason);
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        start.elapsed()
-    );
+    // In a rule body, so the VM must not treat the error as "body failed".
+    let policy = "package agentguard\nimport rego.v1\n\
+        deny contains \"big\" if count([x | some x in numbers.range(1, 100000000)]) > 0\n\
+        decision := {\"action\": \"allow\"} if count(deny) == 0\n\
+        decision := {\"action\": \"deny\"} if count(deny) > 0\n";
+    for (path, d, took) in decide_on_both(policy, "{}", DEFAULT_BUDGET) {
+        assert_eq!(d.action, Action::Deny, "{path:?}");
+        assert!(
+            d.reason.starts_with("agentguard: policy error: ")
+                && d.reason.contains("limit of 100000"),
+            "{path:?}: {}",
+            d.reason
+        );
+        assert!(took < Duration::from_secs(2), "{path:?} took {took:?}");
+    }
 }
 
 #[test]
 fn looping_policy_denies_within_budget_and_engine_keeps_serving() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let policy = "package agentguard\nimport rego.v1\n\
         n := count([x | some x in numbers.range(1, 100000); some y in numbers.range(1, 100000); x == y])\n\
         decision := {\"action\": \"allow\"} if { input.slow; n > 0 }\n\
         decision := {\"action\": \"allow\", \"reason\": \"fast\"} if not input.slow\n";
-    write(dir.path(), "p.rego", policy);
-    let e = engine(dir.path());
+    for (vm, path) in PATHS {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "p.rego", policy);
+        let e = engine_with(dir.path(), vm, DEFAULT_BUDGET);
+        assert_eq!(live_path(&e), path);
+        let start = Instant::now();
+        let d = e.decide_value(input("{\"slow\": true}"));
+        let took = start.elapsed();
+        assert_eq!(d.action, Action::Deny, "{path:?}");
+        // The VM's instruction limit usually stops it first.
+        assert!(
+            d.reason.contains("time limit") || d.reason.contains("instruction limit"),
+            "{path:?}: {}",
+            d.reason
+        );
+        assert!(
+            took < DEFAULT_BUDGET + Duration::from_millis(200),
+            "{path:?} took {took:?}"
+        );
+        assert_eq!(
+            e.decide_value(input("{}")).action,
+            Action::Allow,
+            "{path:?}"
+        );
+    }
+}
+
+#[test]
+fn vm_time_limit_stops_slow_steps() {
+    // Few instructions, each slow (a regex match): the VM's timer, not its
+    // instruction limit, has to stop this one. Evaluated inline, without the
+    // watchdog, which on a busy machine might otherwise answer first.
+    let policy = "package agentguard\nimport rego.v1\n\
+        s := concat(\"\", [\"a\" | some _ in numbers.range(1, 100)])\n\
+        n := count([x | some x in numbers.range(1, 100000); regex.match(sprintf(\"a+%d\", [x]), s)])\n\
+        decision := {\"action\": \"allow\"} if n >= 0\n";
+    let files = vec![SourceFile {
+        name: "p.rego".into(),
+        text: policy.into(),
+    }];
+    let b = Bundle::compile_with(&files, DEFAULT_BUDGET, true).expect("compile");
+    assert_eq!(b.path(), EvalPath::Vm);
     let start = Instant::now();
-    let d = e.decide_value(input("{\"slow\": true}"));
+    let err = b.eval_inline(input("{}")).expect_err("over the budget");
     let took = start.elapsed();
-    assert_eq!(d.action, Action::Deny);
-    assert!(d.reason.contains("time limit"), "{}", d.reason);
-    assert!(
-        took < DEFAULT_BUDGET + Duration::from_millis(200),
-        "took {took:?}"
+    assert!(err.contains("time limit"), "{err}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+}
+
+#[test]
+fn vm_instruction_limit_applies() {
+    let policy = "package agentguard\nimport rego.v1\n\
+        n := count([1 | some x in numbers.range(1, 100000); some y in numbers.range(1, 100)])\n\
+        decision := {\"action\": \"allow\"} if n > 0\n";
+    let files = vec![SourceFile {
+        name: "p.rego".into(),
+        text: policy.into(),
+    }];
+    let mut b = Bundle::compile_with(&files, SLACK, true).expect("compile");
+    assert_eq!(
+        (b.path(), b.max_instructions),
+        (EvalPath::Vm, MAX_INSTRUCTIONS)
     );
-    assert_eq!(e.decide_value(input("{}")).action, Action::Allow);
+    // A smaller limit than the daemon's, so that a debug build on a busy
+    // machine reaches it well within the (generous) time budget.
+    b.max_instructions = 20_000;
+    let start = Instant::now();
+    let err = b.eval_inline(input("{}")).expect_err("over the limit");
+    assert!(err.contains("instruction limit of 20000"), "{err}");
+    assert!(start.elapsed() < SLACK, "took {:?}", start.elapsed());
 }
 
 #[test]
 fn stuck_builtin_is_cut_off_by_the_watchdog() {
-    let dir = tempfile::tempdir().expect("tempdir");
     // One builtin call that runs for a long time without a timer check.
     let policy = "package agentguard\nimport rego.v1\n\
         decision := {\"action\": \"allow\"} if { input.slow; count(sprintf(\"%0200000000d\", [1])) > 0 }\n\
         decision := {\"action\": \"allow\", \"reason\": \"fast\"} if not input.slow\n";
-    write(dir.path(), "p.rego", policy);
+    for (vm, path) in PATHS {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "p.rego", policy);
+        let e = engine_with(dir.path(), vm, DEFAULT_BUDGET);
+        assert_eq!(live_path(&e), path);
+        let start = Instant::now();
+        let d = e.decide_value(input("{\"slow\": true}"));
+        let took = start.elapsed();
+        assert_eq!(d.action, Action::Deny, "{path:?}");
+        assert!(d.reason.contains("watchdog"), "{path:?}: {}", d.reason);
+        assert!(took < Duration::from_millis(500), "{path:?} took {took:?}");
+        // Other decisions are still served while the stuck worker finishes.
+        let start = Instant::now();
+        assert_eq!(
+            e.decide_value(input("{}")).action,
+            Action::Allow,
+            "{path:?}"
+        );
+        assert!(start.elapsed() < Duration::from_millis(500), "{path:?}");
+    }
+}
+
+#[test]
+fn errors_in_rule_bodies_deny_on_both_paths() {
+    // regorus's VM, like OPA, would let an erroring body just fail: the
+    // `deny` rule would be skipped and the request allowed. Both paths
+    // must fail closed instead.
+    let wrap = |rule: &str| {
+        format!(
+            "package agentguard\nimport rego.v1\n{rule}\n\
+             decision := {{\"action\": \"allow\", \"reason\": \"ok\"}} if count(deny) == 0\n\
+             decision := {{\"action\": \"deny\", \"reason\": concat(\",\", deny)}} if count(deny) > 0\n"
+        )
+    };
+    for (rule, doc, cause) in [
+        (
+            "deny contains \"n\" if to_number(input.n) > 1",
+            "{\"n\": \"abc\"}",
+            "to_number",
+        ),
+        (
+            "deny contains \"n\" if input.n + 1 > 1",
+            "{\"n\": \"abc\"}",
+            "plus",
+        ),
+        (
+            "deny contains \"n\" if input.n * 2 > 1",
+            "{\"n\": \"abc\"}",
+            "mul",
+        ),
+        (
+            "deny contains \"n\" if 1 / input.n > 0",
+            "{\"n\": 0}",
+            "div",
+        ),
+        (
+            "deny contains \"n\" if 5 % input.n > 0",
+            "{\"n\": 0}",
+            "rem",
+        ),
+        (
+            "deny contains \"n\" if regex.match(input.n, \"x\")",
+            "{\"n\": \"(\"}",
+            "regex.match",
+        ),
+        (
+            "deny contains \"n\" if net.cidr_contains(\"10.0.0.0/8\", input.n)",
+            "{\"n\": \"nope\"}",
+            "net.cidr_contains",
+        ),
+    ] {
+        for (path, d, _) in decide_on_both(&wrap(rule), doc, SLACK) {
+            assert_eq!(d.action, Action::Deny, "{path:?} {rule}: {}", d.reason);
+            assert!(
+                d.reason.starts_with("agentguard: policy error: "),
+                "{path:?} {rule}: {}",
+                d.reason
+            );
+            if path == EvalPath::Vm {
+                assert!(d.reason.contains(cause), "{rule}: {}", d.reason);
+            }
+        }
+    }
+    // And the same rules decide normally when nothing errors.
+    for (rule, doc, action) in [
+        (
+            "deny contains \"n\" if input.n * 2 > 10",
+            "{\"n\": 6}",
+            Action::Deny,
+        ),
+        (
+            "deny contains \"n\" if input.n * 2 > 10",
+            "{\"n\": 1}",
+            Action::Allow,
+        ),
+        (
+            "deny contains \"n\" if count({1, 2} - {input.n}) == 1",
+            "{\"n\": 1}",
+            Action::Deny,
+        ),
+        (
+            "deny contains \"n\" if 7 % input.n == 1",
+            "{\"n\": 3}",
+            Action::Deny,
+        ),
+        (
+            "deny contains \"n\" if to_number(input.n) > 1",
+            "{\"n\": \"0.5\"}",
+            Action::Allow,
+        ),
+    ] {
+        let results = decide_on_both(&wrap(rule), doc, SLACK);
+        for (path, d, _) in &results {
+            assert_eq!(d.action, action, "{path:?} {rule}: {}", d.reason);
+        }
+        assert_eq!(results[0].1.reason, results[1].1.reason, "{rule}");
+    }
+}
+
+#[test]
+fn shipped_policies_run_on_the_vm() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let files = bundle::read_dir(&dir).expect("read policies/");
+    let b = Bundle::compile_with(&files, DEFAULT_BUDGET, true).expect("compile policies/");
+    assert_eq!(b.path(), EvalPath::Vm, "{}", b.path_description());
+    assert_eq!(b.connect_uncacheable, None);
+    let e = engine_on(&dir, true);
+    let state = e.state();
+    assert_eq!(state.engine.as_deref(), Some("rvm (bytecode VM)"));
+    assert_eq!(state.connect_cache.as_deref(), Some("on"));
+}
+
+/// Every sample input (the bench's included) on both evaluators: the same
+/// decision document, and the expected action.
+#[test]
+fn vm_and_interpreter_agree_on_shipped_policies() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let files = bundle::read_dir(&dir).expect("read policies/");
+    let vm = Bundle::compile_with(&files, SLACK, true).expect("compile");
+    let interp = Bundle::compile_with(&files, SLACK, false).expect("compile");
+    assert_eq!(
+        (vm.path(), interp.path()),
+        (EvalPath::Vm, EvalPath::Interpreter)
+    );
+    let mut on_vm = vm.evaluator().expect("vm");
+    let mut on_interp = interp.evaluator().expect("interpreter");
+    let samples = samples::samples();
+    assert!(samples.iter().filter(|s| s.bench).count() >= 5);
+    for sample in samples {
+        let a = on_vm.eval(sample.input.clone());
+        let b = on_interp.eval(sample.input.clone());
+        assert_eq!(a, b, "{}: VM and interpreter differ", sample.name);
+        let verdict = parse_decision(&a.expect("decision")).expect("well-formed");
+        assert_eq!(
+            verdict.action, sample.expect,
+            "{}: {}",
+            sample.name, verdict.reason
+        );
+        // Twice on the same VM: no state leaks from one run to the next.
+        assert_eq!(
+            on_vm.eval(sample.input.clone()),
+            b,
+            "{} (again)",
+            sample.name
+        );
+    }
+}
+
+#[test]
+fn typed_input_converts_like_json() {
+    use crate::{
+        config::Protocol,
+        decide::{Request, Target},
+        identity::Identity,
+    };
+    let typed = Input {
+        identity: Identity {
+            uid: 1000,
+            gid: 7,
+            user: Some("agent".into()),
+            pid: 42,
+            comm: "python3".into(),
+            exe: None,
+            cmdline: vec!["python3".into(), "ä \"q\"".into()],
+            cgroup: Some("/x".into()),
+            cgroup_id: u64::MAX,
+            agent: None,
+            unit: None,
+        },
+        target: Target {
+            ip: "10.0.0.5".into(),
+            port: 5432,
+            name: Some("db".into()),
+            protocol: Protocol::Postgres,
+            host: None,
+            labels: vec!["production".into()],
+        },
+        request: Request::Connect,
+    };
+    let json = Value::from(serde_json::to_value(&typed).expect("json"));
+    assert_eq!(to_value(&typed).expect("value"), json);
+
+    #[derive(serde::Serialize)]
+    enum E {
+        Unit,
+        New(u8),
+        Tuple(i8, bool),
+        Struct { f: f64 },
+    }
+    #[derive(serde::Serialize)]
+    struct All {
+        map: std::collections::BTreeMap<u32, Option<String>>,
+        es: Vec<E>,
+        t: (char, f32),
+        nan: f64,
+        bytes: serde_bytes_like::Bytes,
+        unit: (),
+        big: i128,
+    }
+    mod serde_bytes_like {
+        pub struct Bytes(pub Vec<u8>);
+        impl serde::Serialize for Bytes {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(&self.0)
+            }
+        }
+    }
+    let all = All {
+        map: [(1, Some("a".into())), (2, None)].into_iter().collect(),
+        es: vec![E::Unit, E::New(3), E::Tuple(-1, true), E::Struct { f: 1.5 }],
+        t: ('x', 0.25),
+        nan: f64::NAN,
+        bytes: serde_bytes_like::Bytes(vec![1, 2]),
+        unit: (),
+        big: -5,
+    };
+    let json = Value::from(serde_json::to_value(&all).expect("json"));
+    assert_eq!(to_value(&all).expect("value"), json);
+}
+
+fn connect_input(agent: &str, pid: u32) -> Input {
+    use crate::{config::Protocol, decide::Target, identity::Identity};
+    Input {
+        identity: Identity {
+            uid: 1000,
+            gid: 1000,
+            user: None,
+            pid,
+            comm: "curl".into(),
+            exe: Some("/usr/bin/curl".into()),
+            cmdline: vec!["curl".into()],
+            cgroup: None,
+            cgroup_id: 99,
+            agent: Some(agent.into()),
+            unit: None,
+        },
+        target: Target {
+            ip: "10.0.0.5".into(),
+            port: 5432,
+            name: Some("db".into()),
+            protocol: Protocol::Postgres,
+            host: None,
+            labels: vec![],
+        },
+        request: crate::decide::Request::Connect,
+    }
+}
+
+const BY_AGENT: &str = "package agentguard\nimport rego.v1\n\
+    decision := {\"action\": \"allow\", \"reason\": \"coder\"} if input.identity.agent == \"coder\"\n\
+    decision := {\"action\": \"deny\", \"reason\": \"not coder\"} if input.identity.agent != \"coder\"\n";
+
+#[test]
+fn connect_decisions_are_cached_per_key_and_reload_clears_them() {
+    for (vm, path) in PATHS {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "p.rego", BY_AGENT);
+        let e = engine_on(dir.path(), vm);
+        assert_eq!(live_path(&e), path);
+        assert_eq!(e.state().connect_cache.as_deref(), Some("on"));
+        let first = e.decide(&connect_input("coder", 1));
+        assert_eq!((first.action, e.cached_decisions()), (Action::Allow, 1));
+        // Another pid: same key, served from the cache.
+        let again = e.decide(&connect_input("coder", 2));
+        assert_eq!(
+            (again.action, again.reason.as_str()),
+            (Action::Allow, "coder")
+        );
+        assert_eq!(e.cached_decisions(), 1);
+        // Another agent: another key, evaluated.
+        assert_eq!(e.decide(&connect_input("intruder", 1)).action, Action::Deny);
+        assert_eq!(e.cached_decisions(), 2);
+        // A new bundle: the cache is emptied and nothing old is replayed.
+        write(dir.path(), "p.rego", DENY);
+        assert!(matches!(e.reload(), Ok(ReloadOutcome::Loaded(_))));
+        assert_eq!(e.cached_decisions(), 0);
+        let after = e.decide(&connect_input("coder", 1));
+        assert_eq!(after.action, Action::Deny, "{path:?}");
+        assert_eq!(after.policy_version, e.version().expect("loaded"));
+    }
+}
+
+#[test]
+fn cache_is_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), "p.rego", ALLOW);
     let e = engine(dir.path());
-    let start = Instant::now();
-    let d = e.decide_value(input("{\"slow\": true}"));
-    let took = start.elapsed();
+    for i in 0..(CONNECT_CACHE_CAPACITY + 500) {
+        let mut input = connect_input("coder", 1);
+        input.target.port = (i % 60_000) as u16;
+        input.identity.uid = (i / 60_000) as u32;
+        e.decide(&input);
+        assert!(e.cached_decisions() <= CONNECT_CACHE_CAPACITY);
+    }
+    assert!(e.cached_decisions() > CONNECT_CACHE_CAPACITY / 4);
+}
+
+#[test]
+fn only_connect_decisions_are_cached() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), "p.rego", ALLOW);
+    let e = engine(dir.path());
+    // Protocol requests come as values (or typed, non-connect): not cached.
+    e.decide_value(input("{\"request\": {\"kind\": \"sql\"}}"));
+    assert_eq!(e.cached_decisions(), 0);
+    e.decide(&connect_input("coder", 1));
+    assert_eq!(e.cached_decisions(), 1);
+}
+
+#[test]
+fn policy_errors_and_timeouts_are_not_cached() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "p.rego",
+        "package agentguard\nimport rego.v1\ndecision := {\"action\": \"allow\"} if input.identity.agent == \"x\"\n",
+    );
+    let e = engine(dir.path());
+    let d = e.decide(&connect_input("coder", 1));
     assert_eq!(d.action, Action::Deny);
-    assert!(d.reason.contains("watchdog"), "{}", d.reason);
-    assert!(took < Duration::from_millis(500), "took {took:?}");
-    // Other decisions are still served while the stuck worker finishes.
-    let start = Instant::now();
+    assert!(d.reason.contains("undefined"), "{}", d.reason);
+    assert_eq!(e.cached_decisions(), 0);
+}
+
+#[test]
+fn bundles_reading_fields_outside_the_key_are_not_cached() {
+    let f = |text: &str| {
+        vec![SourceFile {
+            name: "p.rego".into(),
+            text: text.into(),
+        }]
+    };
+    let base = "package agentguard\nimport rego.v1\n";
+    for (rule, uncached) in [
+        (
+            "decision := {\"action\": \"allow\"} if input.identity.agent == \"a\"",
+            false,
+        ),
+        (
+            "decision := {\"action\": \"allow\"} if input.target.labels[_] == \"a\"",
+            false,
+        ),
+        (
+            "# input.identity.pid in a comment\nx := \"input.identity.pid in a string\"",
+            false,
+        ),
+        (
+            "decision := {\"action\": \"allow\"} if input.identity.pid > 1",
+            true,
+        ),
+        (
+            "decision := {\"action\": \"allow\"} if \"x\" in input.identity.cmdline",
+            true,
+        ),
+        (
+            "decision := {\"action\": \"allow\"} if input.identity.comm == \"sh\"",
+            true,
+        ),
+        (
+            "decision := {\"action\": \"allow\"} if input.identity[\"pid\"] > 1",
+            true,
+        ),
+        (
+            "decision := {\"action\": \"allow\"} if count(input) > 1",
+            true,
+        ),
+        (
+            "decision := {\"action\": \"allow\"} if time.now_ns() > 1",
+            true,
+        ),
+        ("import input.identity as who\nx := who.pid", true),
+    ] {
+        let why = cache::uncacheable(&f(&format!("{base}{rule}\n")));
+        assert_eq!(why.is_some(), uncached, "{rule}: {why:?}");
+    }
+    // Test files are not looked at.
+    let tests = vec![SourceFile {
+        name: "p_test.rego".into(),
+        text: "package p_test\ntest_x if data.x with input as {}\n".into(),
+    }];
+    assert_eq!(cache::uncacheable(&tests), None);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "p.rego",
+        "package agentguard\nimport rego.v1\ndecision := {\"action\": \"allow\"} if input.identity.pid > 1\n",
+    );
+    let e = engine(dir.path());
+    assert!(
+        e.state()
+            .connect_cache
+            .as_deref()
+            .is_some_and(|s| s.starts_with("off (p.rego: uses input.identity.pid")),
+        "{:?}",
+        e.state()
+    );
+    e.decide(&connect_input("coder", 2));
+    assert_eq!(e.cached_decisions(), 0);
+}
+
+#[test]
+fn interpreter_fallback_is_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), "p.rego", ALLOW);
+    let e = engine_on(dir.path(), false);
+    let state = read_state_file(&dir.path().join("state.json"));
+    assert!(
+        state
+            .engine
+            .as_deref()
+            .is_some_and(|s| s.starts_with("interpreter (")),
+        "{state:?}"
+    );
     assert_eq!(e.decide_value(input("{}")).action, Action::Allow);
-    assert!(start.elapsed() < Duration::from_millis(500));
+    fs::copy(dir.path().join("state.json"), dir.path().join(STATE_FILE)).expect("copy");
+    let lines = status_lines(dir.path(), true);
+    assert!(
+        lines.last().is_some_and(|l| l
+            .starts_with("policy:    evaluated by interpreter (VM turned off")
+            && l.ends_with("connect decision cache on")),
+        "{lines:?}"
+    );
 }
 
 #[test]
@@ -398,6 +939,8 @@ fn status_lines_show_failure_and_live_version() {
         attempts: 2,
         last_attempt_at: Some(86_400 + 3661),
         last_error: Some("policy does not compile: x".into()),
+        engine: Some("rvm (bytecode VM)".into()),
+        connect_cache: Some("on".into()),
     };
     write_state(&dir.path().join(STATE_FILE), &state).expect("write");
     let lines = status_lines(dir.path(), true);
@@ -408,6 +951,10 @@ fn status_lines_show_failure_and_live_version() {
     assert_eq!(
         lines[1],
         "policy:    last reload FAILED at 1970-01-02T01:01:01Z (version abc stays live): policy does not compile: x"
+    );
+    assert_eq!(
+        lines[2],
+        "policy:    evaluated by rvm (bytecode VM); connect decision cache on"
     );
     assert_eq!(format_time(1_700_000_000), "2023-11-14T22:13:20Z");
 }
@@ -442,4 +989,77 @@ async fn file_change_reloads_live() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(e.version(), Some(v2));
+}
+
+#[test]
+fn conflicting_values_deny_on_both_paths() {
+    let wrap = |rule: &str| {
+        format!(
+            "package agentguard\nimport rego.v1\n{rule}\n\
+             decision := {{\"action\": \"allow\", \"reason\": \"ok\"}} if count(deny) == 0\n\
+             decision := {{\"action\": \"deny\", \"reason\": concat(\",\", deny)}} if count(deny) > 0\n"
+        )
+    };
+    for (rule, doc) in [
+        (
+            "level := \"a\" if input.a\nlevel := \"b\" if input.b\ndeny contains \"x\" if level == \"a\"",
+            "{\"a\": true, \"b\": true}",
+        ),
+        (
+            "f(x) := 1 if x > 0\nf(x) := 2 if x > 1\ndeny contains \"y\" if f(input.n) == 1",
+            "{\"n\": 5}",
+        ),
+        (
+            "v := x if { some x in input.xs }\ndeny contains \"z\" if v == 1",
+            "{\"xs\": [1, 2]}",
+        ),
+        (
+            "o[k] := v if { some [k, v] in input.kv }\ndeny contains \"w\" if o.a == 1",
+            "{\"kv\": [[\"a\", 1], [\"a\", 2]]}",
+        ),
+        (
+            "o := {k: v | some [k, v] in input.kv}\ndeny contains \"w\" if o.a == 1",
+            "{\"kv\": [[\"a\", 1], [\"a\", 2]]}",
+        ),
+    ] {
+        // Such bundles are not run on the VM (it would make the conflicting
+        // rule undefined, and allow): both engines are the interpreter.
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "p.rego", &wrap(rule));
+        let e = engine_on(dir.path(), true);
+        assert_eq!(live_path(&e), EvalPath::Interpreter, "{rule}");
+        assert!(
+            e.state()
+                .engine
+                .as_deref()
+                .is_some_and(|s| s.contains("the VM would treat such a conflict as undefined")),
+            "{rule}: {:?}",
+            e.state().engine
+        );
+        let d = e.decide_value(input(doc));
+        assert_eq!(d.action, Action::Deny, "{rule}: {}", d.reason);
+        assert!(
+            d.reason.starts_with("agentguard: policy error: "),
+            "{rule}: {}",
+            d.reason
+        );
+    }
+    // Shapes that cannot conflict stay on the VM.
+    for rule in [
+        "deny contains \"x\" if { some x in input.xs; x > 1 }",
+        "ok if { some x in input.xs; x > 1 }\ndeny contains \"x\" if ok",
+        "f(x) if x > 1\nf(x) if x < 0\ndeny contains \"x\" if f(input.n)",
+        "s := {x | some x in input.xs}\ndeny contains \"x\" if count(s) > 5",
+        "v := lower(input.s) if is_string(input.s) else := \"\"\ndeny contains v if v == \"x\"",
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "p.rego", &wrap(rule));
+        let e = engine_on(dir.path(), true);
+        assert_eq!(
+            live_path(&e),
+            EvalPath::Vm,
+            "{rule}: {:?}",
+            e.state().engine
+        );
+    }
 }
