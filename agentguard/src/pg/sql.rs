@@ -79,6 +79,7 @@ fn analyze_statement(stmt: &Statement) -> StatementInfo {
         Statement::Execute {
             name: Some(name), ..
         } => Some(normalize(name)),
+        Statement::Prepare { name, .. } => Some(split_ident(&name.to_string())),
         _ => None,
     };
     StatementInfo {
