@@ -12,8 +12,12 @@
 //! over a few rounds, in a rotating order, so that drift on a small shared
 //! machine hits all of them alike. Throughput is the median over rounds;
 //! latency percentiles are over all probes of all rounds.
+//!
+//! `cargo xtask bench pg` (pg.rs) uses the same build, work folder and child
+//! process handling for pgbench: direct vs agentguard vs pgbouncer.
 
 pub mod peer;
+pub mod pg;
 mod process;
 
 use std::{

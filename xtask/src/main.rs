@@ -1,6 +1,7 @@
 //! Project chores, run as `cargo xtask …` (the alias lives in .cargo/config.toml):
 //! - `setup`: the idempotent machine set-up (scripts/setup.sh);
-//! - `bench l4`: direct vs agentguard vs haproxy on loopback (see bench.rs).
+//! - `bench l4`: direct vs agentguard vs haproxy on loopback (see bench.rs);
+//! - `bench pg`: pgbench direct vs agentguard vs pgbouncer (see bench/pg.rs).
 //!
 //! `bench-server` and `bench-client` are the benchmark's two peers. They are
 //! hidden: `bench l4` runs them from a release build of this same binary, the
@@ -39,12 +40,15 @@ enum Command {
 enum Bench {
     /// L4 throughput and connect latency: direct vs agentguard vs haproxy (TCP mode).
     L4(bench::L4Args),
+    /// pgbench select-only and TPC-B like: direct vs agentguard vs pgbouncer (session mode).
+    Pg(bench::pg::PgArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::run(&workspace_root()),
         Command::Bench(Bench::L4(args)) => bench::l4(&workspace_root(), &args),
+        Command::Bench(Bench::Pg(args)) => bench::pg::pg(&workspace_root(), &args),
         Command::BenchServer => bench::peer::serve(),
         Command::BenchClient(args) => bench::peer::client(&args),
     }

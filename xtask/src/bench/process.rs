@@ -15,9 +15,12 @@ use anyhow::{Context as _, bail};
 
 /// How a child is asked to stop. `agentguard exec` gets SIGTERM: it forwards
 /// it to the command and then removes its cgroup, which SIGKILL would leave behind.
+/// The PostgreSQL postmaster gets SIGINT, its fast shutdown (SIGTERM waits for
+/// clients to leave).
 #[derive(Clone, Copy)]
 pub enum Stop {
     Term,
+    Int,
     Kill,
 }
 
@@ -25,6 +28,7 @@ impl Stop {
     fn signal(self) -> libc::c_int {
         match self {
             Stop::Term => libc::SIGTERM,
+            Stop::Int => libc::SIGINT,
             Stop::Kill => libc::SIGKILL,
         }
     }
