@@ -247,7 +247,7 @@ fn looping_policy_denies_within_budget_and_engine_keeps_serving() {
             d.reason
         );
         assert!(
-            took < DEFAULT_BUDGET + Duration::from_millis(200),
+            took < DEFAULT_BUDGET * 4,
             "{path:?} took {took:?}"
         );
         assert_eq!(
@@ -319,7 +319,7 @@ fn stuck_builtin_is_cut_off_by_the_watchdog() {
         let took = start.elapsed();
         assert_eq!(d.action, Action::Deny, "{path:?}");
         assert!(d.reason.contains("watchdog"), "{path:?}: {}", d.reason);
-        assert!(took < Duration::from_millis(500), "{path:?} took {took:?}");
+        assert!(took < DEFAULT_BUDGET * 4, "{path:?} took {took:?}");
         // Other decisions are still served while the stuck worker finishes.
         let start = Instant::now();
         assert_eq!(
@@ -327,7 +327,7 @@ fn stuck_builtin_is_cut_off_by_the_watchdog() {
             Action::Allow,
             "{path:?}"
         );
-        assert!(start.elapsed() < Duration::from_millis(500), "{path:?}");
+        assert!(start.elapsed() < DEFAULT_BUDGET * 4, "{path:?}");
     }
 }
 
