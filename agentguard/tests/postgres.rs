@@ -558,3 +558,34 @@ fn tokio_postgres_masked_reader() {
         println!("READER OK");
     });
 }
+
+#[test]
+fn production_write_is_held_then_refused_without_approval() {
+    require_root();
+    let pg = Pg::start();
+    pg.psql_direct(
+        "CREATE TABLE orders (id int, state text); INSERT INTO orders VALUES (1, 'new')",
+    );
+    // pg_config sets approval_timeout_secs = 1.
+    let config = pg_config(&pg, "labels = [\"production\"]\n");
+    let start = std::time::Instant::now();
+    let (out, err, _) = guarded_psql(
+        &config,
+        &pg,
+        "UPDATE orders SET state = 'paid' WHERE id = 1;\nSELECT 'read', state FROM orders;\n",
+    );
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "the write was held for the approval window"
+    );
+    assert!(
+        err.contains("42501: agentguard: approval required"),
+        "{err}"
+    );
+    assert!(err.contains("held for approval"), "{err}");
+    assert!(
+        out.contains("read|new"),
+        "reads go on, the write never happened: {out}\n{err}"
+    );
+    assert_eq!(pg.psql_direct("SELECT state FROM orders"), "new");
+}
