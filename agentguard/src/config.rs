@@ -125,6 +125,23 @@ pub struct TargetConfig {
     pub protocol: Protocol,
     #[serde(default)]
     pub labels: Vec<String>,
+    /// HTTP-like targets (http, llm, k8s): what to do with TLS.
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// Extra roots (PEM) trusted for this target's upstream certificate,
+    /// on top of the system store.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Decrypt with a leaf minted by the agentguard CA, decide per request,
+    /// re-encrypt towards the server (verified).
+    #[default]
+    Intercept,
+    /// No decryption: one decision on the ClientHello's SNI, then bytes.
+    Passthrough,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -386,6 +403,23 @@ labels = ["production"]
             config
                 .target_for("127.0.0.1:5433".parse().expect("addr"))
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn tls_mode_and_ca_file() {
+        let config = parse(
+            "[[targets]]\nname = \"a\"\naddress = \"127.0.0.1:443\"\nprotocol = \"http\"\ntls = \"passthrough\"\nca_file = \"/x.pem\"\n",
+        )
+        .expect("valid");
+        assert_eq!(config.targets[0].tls, TlsMode::Passthrough);
+        assert_eq!(config.targets[0].ca_file, Some(PathBuf::from("/x.pem")));
+        let config =
+            parse("[[targets]]\nname = \"a\"\naddress = \"127.0.0.1:443\"\n").expect("valid");
+        assert_eq!(config.targets[0].tls, TlsMode::Intercept);
+        assert!(
+            parse("[[targets]]\nname = \"a\"\naddress = \"127.0.0.1:443\"\ntls = \"off\"\n")
+                .is_err()
         );
     }
 

@@ -50,6 +50,17 @@ pub enum Request {
     Connect,
     /// One PostgreSQL Query or Parse message (possibly many statements).
     Sql(crate::pg::SqlRequest),
+    /// A TLS connection passed through undecrypted: what its ClientHello
+    /// names. Kind `connect`, like the L4 decision, with `sni` added.
+    #[serde(rename = "connect")]
+    TlsConnect(crate::http::TlsConnect),
+    /// One HTTP request (any target with protocol http, and the rest).
+    Http(crate::http::HttpRequest),
+    /// One Kubernetes API request (targets with protocol k8s).
+    K8s(crate::http::K8sRequest),
+    /// One LLM API call (targets with protocol llm, or an OpenAI- or
+    /// Anthropic-style path).
+    Llm(crate::http::LlmRequest),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

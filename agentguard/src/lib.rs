@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod decide;
 pub mod exec;
+pub mod http;
 pub mod identity;
 pub mod net;
 pub mod pg;

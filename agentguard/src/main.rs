@@ -54,6 +54,21 @@ enum Command {
         #[command(subcommand)]
         command: policy::cli::PolicyCommand,
     },
+    /// The local CA that HTTPS interception mints certificates with.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create the CA under <state_dir>/ca (key readable by root only).
+    Init,
+    /// Print the CA certificate (PEM), for clients to trust.
+    Export,
+    /// Add the CA to the system trust store (update-ca-certificates).
+    Install,
 }
 
 #[derive(Args)]
@@ -120,7 +135,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Detach(arg) => detach(&config, &arg).map(|()| 0),
         Command::Status => status(&config).map(|()| 0),
         Command::Policy { command } => policy::cli::run(&config, command),
+        Command::Ca { command } => ca(&config, command).map(|()| 0),
     }
+}
+
+fn ca(config: &Config, command: CaCommand) -> anyhow::Result<()> {
+    use agentguard::http::tls;
+    match command {
+        CaCommand::Init => {
+            let cert = tls::ca_init(&config.state_dir)?;
+            println!("created the agentguard CA: {}", cert.display());
+            println!("trust it in clients with `agentguard ca install` or `agentguard ca export`");
+        }
+        CaCommand::Export => print!("{}", tls::ca_export(&config.state_dir)?),
+        CaCommand::Install => {
+            let path = tls::ca_install(&config.state_dir)?;
+            println!(
+                "installed {} and updated the system trust store",
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn attach(config: &Config, arg: &CgroupArg) -> anyhow::Result<()> {

@@ -22,6 +22,7 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 use crate::{
     config::{Config, Protocol},
     decide::{Action, Decide, Input, Request, Target},
+    http,
     identity::{AgentRegistry, Identity},
     net, pg,
     redirect::Redirect,
@@ -34,6 +35,8 @@ pub struct Proxy {
     pub agents: Arc<AgentRegistry>,
     pub cgroup_mount: Option<PathBuf>,
     pub listen_port: u16,
+    /// CA, trust store and mask engine of the HTTP guard (built on first use).
+    pub http: Arc<http::HttpShared>,
     next_id: AtomicU64,
 }
 
@@ -78,6 +81,7 @@ impl Proxy {
         agents: Arc<AgentRegistry>,
         listen_port: u16,
     ) -> Self {
+        let http = Arc::new(http::HttpShared::new(config.state_dir.clone()));
         Self {
             redirect,
             config,
@@ -85,6 +89,7 @@ impl Proxy {
             agents,
             cgroup_mount: crate::cgroup::cgroup2_mount().ok(),
             listen_port,
+            http,
             next_id: AtomicU64::new(1),
         }
     }
@@ -207,6 +212,22 @@ impl Proxy {
                         warn!("postgres session closed: {e}");
                     }
                 }
+                Protocol::Http | Protocol::Llm | Protocol::K8s => {
+                    let found = self.config.target_for(dst).map(|(t, _)| t);
+                    let conn = http::Conn {
+                        shared: Arc::clone(&self.http),
+                        decider: Arc::clone(&self.decider),
+                        identity: input.identity,
+                        target: input.target,
+                        tls: found.map(|t| t.tls).unwrap_or_default(),
+                        ca_file: found.and_then(|t| t.ca_file.clone()),
+                        approval_timeout: Duration::from_secs(self.config.approval_timeout_secs),
+                        connect_timeout: timeout,
+                    };
+                    if let Err(e) = http::run(conn, client, upstream).await {
+                        warn!("http session closed: {e}");
+                    }
+                }
                 _ => pipe(client, upstream).await,
             }
         }
@@ -225,7 +246,7 @@ async fn pipe(mut client: TcpStream, mut upstream: TcpStream) {
 
 /// Refuse with a RST, so the client sees "connection reset" at once rather
 /// than an orderly (and misleading) end of stream.
-fn reset(stream: TcpStream) {
+pub(crate) fn reset(stream: TcpStream) {
     if let Ok(std) = stream.into_std() {
         let sock = socket2::SockRef::from(&std);
         let _ = sock.set_linger(Some(Duration::ZERO));

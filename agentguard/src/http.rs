@@ -1,0 +1,276 @@
+//! The HTTP and HTTPS guard, for targets whose protocol is http, llm or
+//! k8s: a policy decision per request, 403 for refusals, masking of
+//! responses, TLS interception with a local CA.
+//!
+//! One connection, in the order of the files: `detect.rs` (TLS, HTTP/2
+//! preface or HTTP/1 from the first bytes) → `tls.rs` (SNI; passthrough, or
+//! a minted leaf towards the agent and a verified session towards the
+//! server) → `session.rs` (hyper on both sides; per request: `input.rs` /
+//! `k8s.rs` build the policy input, the decision, forward, then `mask.rs`
+//! masks the response).
+//!
+//! The agent's protocol is kept upstream: HTTP/1.1 to HTTP/1.1, HTTP/2 to
+//! HTTP/2. Over TLS the server is asked first (with the ALPN list the agent
+//! offered) and the agent is offered only what the server chose.
+
+pub mod detect;
+pub mod input;
+pub mod k8s;
+pub mod mask;
+pub mod session;
+pub mod tls;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use agentguard_mask::{Engine, MaskConfig, Selection};
+use bytes::{Bytes, BytesMut};
+use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tracing::{debug, info, warn};
+
+pub use input::{HttpRequest, LlmRequest, TlsConnect};
+pub use k8s::K8sRequest;
+
+use crate::{
+    config::TlsMode,
+    decide::{Action, Decide, Input, Request, Target},
+    identity::Identity,
+};
+use detect::{Detected, Prefixed};
+use session::Proto;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Every body the guard sends either way.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// How long the agent may take to send its first bytes or its ClientHello.
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error(transparent)]
+    Detect(#[from] detect::DetectError),
+    #[error("not HTTP or TLS (first bytes {0:02x?}); this target only carries HTTP")]
+    NotHttp(Vec<u8>),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error(
+        "TLS to {0} refused: no agentguard CA to intercept with (run `agentguard ca init`, or set tls = \"passthrough\" on the target)"
+    )]
+    NoCa(String, #[source] tls::TlsError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("TLS handshake with the agent failed: {0}")]
+    AgentHandshake(std::io::Error),
+    #[error("HTTP: {0}")]
+    Hyper(#[from] hyper::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// State every HTTP connection shares; built lazily (a proxy that never
+/// sees HTTP never loads the trust store or compiles detectors).
+#[derive(Default)]
+pub struct HttpShared {
+    state_dir: PathBuf,
+    engine: OnceLock<Result<(Arc<Engine>, Selection), String>>,
+    ca: Mutex<Option<Arc<tls::Ca>>>,
+    upstream: OnceLock<tls::Upstream>,
+}
+
+impl HttpShared {
+    pub fn new(state_dir: PathBuf) -> Self {
+        Self {
+            state_dir,
+            ..Default::default()
+        }
+    }
+
+    /// The mask engine and the selection that lists request entities (all
+    /// detectors, so policy sees secrets the response masking leaves on).
+    pub fn engine(&self) -> Result<&(Arc<Engine>, Selection), String> {
+        self.engine
+            .get_or_init(|| {
+                let engine = Engine::new(&MaskConfig::default()).map_err(|e| e.to_string())?;
+                let all = engine
+                    .selection(None, &["all"])
+                    .map_err(|e| e.to_string())?;
+                Ok((Arc::new(engine), all))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// The CA, loaded on first use and again until one exists (so `ca init`
+    /// takes effect without a restart).
+    fn ca(&self) -> Result<Arc<tls::Ca>, tls::TlsError> {
+        let mut ca = self.ca.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ca) = ca.as_ref() {
+            return Ok(Arc::clone(ca));
+        }
+        let loaded = Arc::new(tls::Ca::load(&self.state_dir)?);
+        *ca = Some(Arc::clone(&loaded));
+        Ok(loaded)
+    }
+
+    fn upstream(&self) -> &tls::Upstream {
+        self.upstream.get_or_init(tls::Upstream::new)
+    }
+}
+
+/// One guarded HTTP connection's context.
+pub struct Conn {
+    pub shared: Arc<HttpShared>,
+    pub decider: Arc<dyn Decide>,
+    pub identity: Identity,
+    pub target: Target,
+    pub tls: TlsMode,
+    pub ca_file: Option<PathBuf>,
+    pub approval_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// Serves one agent connection until it closes.
+pub async fn run(conn: Conn, mut client: TcpStream, upstream: TcpStream) -> Result<(), HttpError> {
+    let mut buf = BytesMut::with_capacity(4096);
+    match detect::detect(&mut client, &mut buf, FIRST_BYTES_TIMEOUT).await? {
+        Detected::H1 => {
+            debug!("HTTP/1.x");
+            session::serve(
+                conn,
+                Prefixed::new(buf, client),
+                Ok(upstream),
+                Proto::H1,
+                "http",
+            )
+            .await
+        }
+        Detected::H2Prior => {
+            debug!("HTTP/2 (prior knowledge)");
+            session::serve(
+                conn,
+                Prefixed::new(buf, client),
+                Ok(upstream),
+                Proto::H2,
+                "http",
+            )
+            .await
+        }
+        Detected::Tls => tls_session(conn, client, buf, upstream).await,
+        Detected::Other => {
+            crate::proxy::reset(client);
+            Err(HttpError::NotHttp(buf.iter().take(8).copied().collect()))
+        }
+    }
+}
+
+async fn tls_session(
+    conn: Conn,
+    mut client: TcpStream,
+    mut buf: BytesMut,
+    mut upstream: TcpStream,
+) -> Result<(), HttpError> {
+    let hello = match detect::read_client_hello(&mut client, &mut buf, FIRST_BYTES_TIMEOUT).await {
+        Ok(h) => h,
+        Err(e) => {
+            crate::proxy::reset(client);
+            return Err(e.into());
+        }
+    };
+    if conn.tls == TlsMode::Passthrough {
+        let request = Request::TlsConnect(TlsConnect {
+            sni: hello.sni.clone(),
+            alpn: hello
+                .alpn
+                .iter()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect(),
+            tls: "passthrough",
+        });
+        let input = Input {
+            identity: conn.identity.clone(),
+            target: conn.target.clone(),
+            request,
+        };
+        let decision = conn.decider.decide(&input);
+        if decision.action != Action::Allow {
+            crate::proxy::reset(client);
+            return Err(HttpError::Refused(format!(
+                "TLS passthrough to sni {:?}: {}",
+                hello.sni, decision.reason
+            )));
+        }
+        info!(sni = ?hello.sni, "TLS passthrough allowed");
+        upstream.write_all(&buf).await?;
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        return Ok(());
+    }
+    // Fail closed: without a CA there is no way to see the requests.
+    let name = hello
+        .sni
+        .clone()
+        .or_else(|| conn.target.host.clone())
+        .unwrap_or_else(|| conn.target.ip.clone());
+    let ca = match conn.shared.ca() {
+        Ok(ca) => ca,
+        Err(e) => {
+            crate::proxy::reset(client);
+            return Err(HttpError::NoCa(name, e));
+        }
+    };
+    if hello.sni.is_none() {
+        warn!(
+            name,
+            "ClientHello without SNI: presenting and verifying the target's host"
+        );
+    }
+    let offered: Vec<Vec<u8>> = hello
+        .alpn
+        .iter()
+        .filter(|p| p.as_slice() == b"h2" || p.as_slice() == b"http/1.1")
+        .cloned()
+        .collect();
+    let mut client_config = (*conn.shared.upstream().config(conn.ca_file.as_deref())?).clone();
+    client_config.alpn_protocols = offered.clone();
+    let connector = TlsConnector::from(Arc::new(client_config));
+    let server_name = tls::server_name(&name)?;
+    let upstream = match tokio::time::timeout(
+        conn.connect_timeout,
+        connector.connect(server_name, upstream),
+    )
+    .await
+    {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(format!(
+            "upstream TLS to {name} failed: {e} (a server certificate agentguard cannot verify is refused; if it is expected, add its CA to the target's ca_file)"
+        )),
+        Err(_) => Err(format!("upstream TLS handshake with {name} timed out")),
+    };
+    let agent_alpn = match &upstream {
+        Ok(s) => match s.get_ref().1.alpn_protocol() {
+            Some(p) => vec![p.to_vec()],
+            None => Vec::new(),
+        },
+        // Let the agent pick, so it can at least read why it is refused.
+        Err(reason) => {
+            warn!(%reason, "upstream TLS refused");
+            offered
+        }
+    };
+    let server_config = ca.server_config(&name, agent_alpn)?;
+    let agent = TlsAcceptor::from(server_config)
+        .accept(Prefixed::new(buf, client))
+        .await
+        .map_err(HttpError::AgentHandshake)?;
+    let proto = if agent.get_ref().1.alpn_protocol() == Some(b"h2") {
+        Proto::H2
+    } else {
+        Proto::H1
+    };
+    debug!(name, ?proto, "TLS intercepted");
+    session::serve(conn, agent, upstream, proto, "https").await
+}

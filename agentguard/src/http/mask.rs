@@ -1,0 +1,517 @@
+//! Response masking: a JSON body value by value (the key path feeds
+//! `field:` rules and context scoring), text by the content detectors,
+//! Server-Sent Events one event at a time (framing untouched; a value split
+//! across network chunks is whole once its event is). gzip and deflate
+//! bodies are decoded first; the agent gets them identity-encoded with
+//! chunked framing (the length changed). The proxy only asks upstream for
+//! gzip or identity, so br/zstd arrive only from servers that ignore
+//! Accept-Encoding — those maskable bodies are refused, not passed blind.
+
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use agentguard_mask::{Engine, FieldContext, Finding, Selection};
+use bytes::Bytes;
+use http::{HeaderMap, header};
+use http_body_util::BodyExt as _;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use super::BoxError;
+
+/// JSON bodies up to this size are masked as a tree; larger ones as text.
+const MAX_JSON_TREE: usize = 16 << 20;
+/// An SSE event longer than this is masked and flushed in parts.
+const MAX_EVENT: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Json,
+    EventStream,
+    Text,
+    /// Images, archives, octet streams: passed as they are.
+    Opaque,
+}
+
+pub fn classify(headers: &HeaderMap) -> Class {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if super::input::is_json(Some(&mime)) {
+        Class::Json
+    } else if mime == "text/event-stream" {
+        Class::EventStream
+    } else if mime.starts_with("text/")
+        || mime.ends_with("+xml")
+        || matches!(
+            mime.as_str(),
+            "application/xml"
+                | "application/javascript"
+                | "application/x-ndjson"
+                | "application/jsonl"
+                | "application/x-www-form-urlencoded"
+                | "application/yaml"
+                | "application/graphql-response+json"
+        )
+        // No content type at all: could be anything; look at it.
+        || mime.is_empty()
+    {
+        Class::Text
+    } else {
+        Class::Opaque
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+    Deflate,
+}
+
+/// `Err(name)`: an encoding this proxy cannot decode.
+pub fn encoding(headers: &HeaderMap) -> Result<Encoding, String> {
+    let Some(v) = headers.get(header::CONTENT_ENCODING) else {
+        return Ok(Encoding::Identity);
+    };
+    let v = String::from_utf8_lossy(v.as_bytes())
+        .trim()
+        .to_ascii_lowercase();
+    match v.as_str() {
+        "" | "identity" => Ok(Encoding::Identity),
+        "gzip" | "x-gzip" => Ok(Encoding::Gzip),
+        "deflate" => Ok(Encoding::Deflate),
+        _ => Err(v),
+    }
+}
+
+enum Decoder {
+    Identity,
+    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
+}
+
+impl Decoder {
+    fn new(e: Encoding) -> Self {
+        match e {
+            Encoding::Identity => Decoder::Identity,
+            Encoding::Gzip => Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new())),
+            Encoding::Deflate => Decoder::Deflate(flate2::write::ZlibDecoder::new(Vec::new())),
+        }
+    }
+
+    fn push(&mut self, chunk: Bytes) -> std::io::Result<Bytes> {
+        match self {
+            Decoder::Identity => Ok(chunk),
+            Decoder::Gzip(d) => {
+                d.write_all(&chunk)?;
+                Ok(Bytes::from(std::mem::take(d.get_mut())))
+            }
+            Decoder::Deflate(d) => {
+                d.write_all(&chunk)?;
+                Ok(Bytes::from(std::mem::take(d.get_mut())))
+            }
+        }
+    }
+
+    fn finish(&mut self) -> std::io::Result<Bytes> {
+        match self {
+            Decoder::Identity => Ok(Bytes::new()),
+            Decoder::Gzip(d) => {
+                d.try_finish()?;
+                Ok(Bytes::from(std::mem::take(d.get_mut())))
+            }
+            Decoder::Deflate(d) => {
+                d.try_finish()?;
+                Ok(Bytes::from(std::mem::take(d.get_mut())))
+            }
+        }
+    }
+}
+
+/// Masks the strings (and long integers) of a JSON tree in place; true if
+/// anything changed.
+pub fn mask_json(
+    engine: &Engine,
+    sel: &Selection,
+    v: &mut Value,
+    key: Option<&str>,
+    path: &mut String,
+    findings: &mut Vec<Finding>,
+) -> bool {
+    match v {
+        Value::String(s) => {
+            let m = engine.mask_value(s, &FieldContext::field(key.unwrap_or(""), Some(path)), sel);
+            if m.changed() {
+                let new = m.value.into_owned();
+                findings.extend(m.findings);
+                *s = new;
+                return true;
+            }
+            findings.extend(m.findings);
+            false
+        }
+        Value::Number(n) if n.is_u64() || n.is_i64() => {
+            let s = n.to_string();
+            let m = engine.mask_value(&s, &FieldContext::field(key.unwrap_or(""), Some(path)), sel);
+            if m.changed() {
+                findings.extend(m.findings);
+                *v = if m.null {
+                    Value::Null
+                } else {
+                    Value::String(m.value.into_owned())
+                };
+                return true;
+            }
+            false
+        }
+        Value::Array(items) => {
+            let mut changed = false;
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                changed |= mask_json(engine, sel, item, key, path, findings);
+                path.truncate(len);
+            }
+            changed
+        }
+        Value::Object(map) => {
+            let mut changed = false;
+            for (k, item) in map.iter_mut() {
+                let len = path.len();
+                path.push('.');
+                path.push_str(k);
+                changed |= mask_json(engine, sel, item, Some(k), path, findings);
+                path.truncate(len);
+            }
+            changed
+        }
+        _ => false,
+    }
+}
+
+/// Where an SSE event ends in `buf`: the index just past its blank line.
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while let Some(p) = buf[i..].iter().position(|&b| b == b'\n') {
+        let at = i + p + 1;
+        match buf.get(at) {
+            Some(b'\n') => return Some(at + 1),
+            Some(b'\r') if buf.get(at + 1) == Some(&b'\n') => return Some(at + 2),
+            _ => i = at,
+        }
+    }
+    None
+}
+
+/// The body the agent receives: frames from the masking task.
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rx.poll_recv(cx)
+    }
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+type Tx = mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
+
+/// Masks `body` on a task of its own; returns what the agent reads.
+pub fn masked_body(
+    engine: Arc<Engine>,
+    sel: Arc<Selection>,
+    class: Class,
+    encoding: Encoding,
+    body: Incoming,
+) -> ChannelBody {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut task = Task {
+            engine: &engine,
+            sel: &sel,
+            tx,
+            findings: BTreeMap::new(),
+        };
+        let result = task.run(class, Decoder::new(encoding), body).await;
+        if let Err(e) = result {
+            debug!("response body: {e}");
+            let _ = task.tx.send(Err(e)).await;
+        }
+        if !task.findings.is_empty() {
+            let summary: Vec<String> = task
+                .findings
+                .iter()
+                .map(|(k, n)| format!("{k}:{n}"))
+                .collect();
+            info!(masked = %summary.join(","), "response masked");
+        }
+    });
+    ChannelBody { rx }
+}
+
+/// The next decoded chunk (`None` at the end); trailers are kept aside.
+async fn next_chunk(
+    body: &mut Incoming,
+    dec: &mut Decoder,
+    trailers: &mut Option<HeaderMap>,
+) -> Result<Option<Bytes>, BoxError> {
+    loop {
+        let Some(frame) = body.frame().await else {
+            let rest = dec.finish()?;
+            return Ok((!rest.is_empty()).then_some(rest));
+        };
+        match frame?.into_data() {
+            Ok(data) => {
+                let out = dec.push(data)?;
+                if !out.is_empty() {
+                    return Ok(Some(out));
+                }
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    *trailers = Some(t);
+                }
+            }
+        }
+    }
+}
+
+struct Task<'e> {
+    engine: &'e Engine,
+    sel: &'e Selection,
+    tx: Tx,
+    findings: BTreeMap<String, u32>,
+}
+
+/// The agent hung up: stop quietly.
+#[derive(Debug, thiserror::Error)]
+#[error("agent closed the response")]
+struct Gone;
+
+impl Task<'_> {
+    fn note(&mut self, fs: &[Finding]) {
+        for f in fs {
+            *self.findings.entry(f.entity.to_string()).or_default() += f.count;
+        }
+    }
+
+    async fn send(&self, data: Vec<u8>) -> Result<(), BoxError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.tx
+            .send(Ok(Frame::data(Bytes::from(data))))
+            .await
+            .map_err(|_| Box::new(Gone) as BoxError)
+    }
+
+    async fn run(
+        &mut self,
+        class: Class,
+        mut dec: Decoder,
+        mut body: Incoming,
+    ) -> Result<(), BoxError> {
+        let mut trailers = None;
+        let next = next_chunk;
+        match class {
+            Class::Json => {
+                let mut buf = Vec::new();
+                let mut done = false;
+                while buf.len() <= MAX_JSON_TREE {
+                    match next(&mut body, &mut dec, &mut trailers).await? {
+                        Some(c) => buf.extend_from_slice(&c),
+                        None => {
+                            done = true;
+                            break;
+                        }
+                    }
+                }
+                let tree = if done {
+                    serde_json::from_slice::<Value>(&buf).ok()
+                } else {
+                    None
+                };
+                if let Some(mut v) = tree {
+                    let mut fs = Vec::new();
+                    let changed = mask_json(
+                        self.engine,
+                        self.sel,
+                        &mut v,
+                        None,
+                        &mut String::from("$"),
+                        &mut fs,
+                    );
+                    self.note(&fs);
+                    let out = if changed {
+                        serde_json::to_vec(&v)?
+                    } else {
+                        buf
+                    };
+                    self.send(out).await?;
+                } else {
+                    // Not JSON after all, or too big for a tree: as text.
+                    let mut m = self.engine.stream(&FieldContext::text(), self.sel);
+                    let out = m.push(&buf);
+                    self.send(out).await?;
+                    if !done {
+                        while let Some(c) = next(&mut body, &mut dec, &mut trailers).await? {
+                            let out = m.push(&c);
+                            self.send(out).await?;
+                        }
+                    }
+                    let out = m.finish();
+                    let fs = m.findings().to_vec();
+                    self.note(&fs);
+                    self.send(out).await?;
+                }
+            }
+            Class::EventStream => {
+                let mut buf: Vec<u8> = Vec::new();
+                while let Some(c) = next(&mut body, &mut dec, &mut trailers).await? {
+                    buf.extend_from_slice(&c);
+                    let mut out = Vec::new();
+                    while let Some(end) = event_end(&buf) {
+                        let event: Vec<u8> = buf.drain(..end).collect();
+                        let m = self
+                            .engine
+                            .mask_bytes(&event, &FieldContext::text(), self.sel);
+                        self.note(&m.findings);
+                        out.extend_from_slice(&m.value);
+                    }
+                    if buf.len() > MAX_EVENT {
+                        let m = self
+                            .engine
+                            .mask_bytes(&buf, &FieldContext::text(), self.sel);
+                        self.note(&m.findings);
+                        out.extend_from_slice(&m.value);
+                        buf.clear();
+                    }
+                    // Each event leaves as soon as it is complete: streaming
+                    // latency is one event, not one body.
+                    self.send(out).await?;
+                }
+                let m = self
+                    .engine
+                    .mask_bytes(&buf, &FieldContext::text(), self.sel);
+                self.note(&m.findings);
+                let out = m.value.into_owned();
+                self.send(out).await?;
+            }
+            Class::Text | Class::Opaque => {
+                let mut m = self.engine.stream(&FieldContext::text(), self.sel);
+                while let Some(c) = next(&mut body, &mut dec, &mut trailers).await? {
+                    let out = m.push(&c);
+                    self.send(out).await?;
+                }
+                let out = m.finish();
+                let fs = m.findings().to_vec();
+                self.note(&fs);
+                self.send(out).await?;
+            }
+        }
+        if let Some(t) = trailers {
+            let _ = self.tx.send(Ok(Frame::trailers(t))).await;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentguard_mask::MaskConfig;
+
+    #[test]
+    fn sse_event_boundaries() {
+        assert_eq!(event_end(b"data: a\n"), None);
+        assert_eq!(event_end(b"data: a\n\ndata: b"), Some(9));
+        assert_eq!(event_end(b"data: a\r\n\r\nx"), Some(11));
+        assert_eq!(event_end(b"\n\n"), Some(2));
+    }
+
+    #[test]
+    fn classes_and_encodings() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/json; charset=utf-8".parse().expect("v"),
+        );
+        assert_eq!(classify(&h), Class::Json);
+        h.insert(
+            header::CONTENT_TYPE,
+            "text/event-stream".parse().expect("v"),
+        );
+        assert_eq!(classify(&h), Class::EventStream);
+        h.insert(header::CONTENT_TYPE, "image/png".parse().expect("v"));
+        assert_eq!(classify(&h), Class::Opaque);
+        h.insert(header::CONTENT_ENCODING, "br".parse().expect("v"));
+        assert_eq!(encoding(&h), Err("br".to_owned()));
+        h.insert(header::CONTENT_ENCODING, "gzip".parse().expect("v"));
+        assert_eq!(encoding(&h), Ok(Encoding::Gzip));
+    }
+
+    #[test]
+    fn json_by_key_path_and_detectors() {
+        let e = Engine::new(&MaskConfig::default()).expect("engine");
+        let sel = e
+            .selection(None, &["email", "card", "field:$.user.note"])
+            .expect("sel");
+        let mut v: Value = serde_json::json!({
+            "user": {"email": "john.doe@example.com", "note": "anything", "id": 7},
+            "cards": ["4111 1111 1111 1111"],
+            "pan": 4111111111111111u64,
+        });
+        let mut fs = Vec::new();
+        assert!(mask_json(
+            &e,
+            &sel,
+            &mut v,
+            None,
+            &mut String::from("$"),
+            &mut fs
+        ));
+        let s = v.to_string();
+        assert!(!s.contains("john.doe@example.com"), "{s}");
+        assert!(!s.contains("4111 1111 1111 1111"), "{s}");
+        assert!(!s.contains("4111111111111111"), "{s}");
+        assert_ne!(v["user"]["note"], "anything");
+        assert_eq!(v["user"]["id"], 7);
+    }
+
+    #[test]
+    fn gzip_decodes_in_pieces() {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(b"card 4111 1111 1111 1111").expect("gz");
+        let gz = enc.finish().expect("gz");
+        let mut d = Decoder::new(Encoding::Gzip);
+        let mut out = Vec::new();
+        for c in gz.chunks(5) {
+            out.extend_from_slice(&d.push(Bytes::copy_from_slice(c)).expect("push"));
+        }
+        out.extend_from_slice(&d.finish().expect("finish"));
+        assert_eq!(out, b"card 4111 1111 1111 1111");
+    }
+}

@@ -1,0 +1,582 @@
+//! One HTTP connection on hyper: the agent's side served, the server's side
+//! a client connection of the same protocol. Per request: policy input →
+//! decision (403 on deny; approve holds, then denies) → forward → mask the
+//! response. An Upgrade (WebSocket) is decided like any request, then its
+//! bytes pass through.
+
+use std::{
+    collections::VecDeque,
+    convert::Infallible,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, info, warn};
+
+use super::{Body, BoxError, Conn, HttpError, input, mask};
+use crate::{
+    config::Protocol,
+    decide::{self, Action, Decision, Input},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    H1,
+    H2,
+}
+
+/// Requests whose header block is larger are answered 431 by hyper.
+const MAX_HEADER_BUF: usize = 64 * 1024;
+
+enum Sender {
+    /// HTTP/1.1 carries one request at a time; the lock keeps it so.
+    H1(tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Body>>),
+    H2(hyper::client::conn::http2::SendRequest<Body>),
+    /// No usable upstream (its certificate failed verification): every
+    /// request is refused with this reason.
+    Refused(String),
+}
+
+struct Session {
+    conn: Conn,
+    sender: Sender,
+    scheme: &'static str,
+    upstream_proto: Proto,
+}
+
+pub async fn serve<A, U>(
+    conn: Conn,
+    agent: A,
+    upstream: Result<U, String>,
+    proto: Proto,
+    scheme: &'static str,
+) -> Result<(), HttpError>
+where
+    A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let sender = match upstream {
+        Err(reason) => Sender::Refused(reason),
+        Ok(io) => match proto {
+            Proto::H1 => {
+                let (s, c) = hyper::client::conn::http1::Builder::new()
+                    .handshake(TokioIo::new(io))
+                    .await?;
+                tokio::spawn(async move {
+                    if let Err(e) = c.with_upgrades().await {
+                        debug!("upstream connection: {e}");
+                    }
+                });
+                Sender::H1(tokio::sync::Mutex::new(s))
+            }
+            Proto::H2 => {
+                let (s, c) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .handshake(TokioIo::new(io))
+                    .await?;
+                tokio::spawn(async move {
+                    if let Err(e) = c.await {
+                        debug!("upstream connection: {e}");
+                    }
+                });
+                Sender::H2(s)
+            }
+        },
+    };
+    let session = Arc::new(Session {
+        conn,
+        sender,
+        scheme,
+        upstream_proto: proto,
+    });
+    let svc = hyper::service::service_fn(move |req| {
+        let s = Arc::clone(&session);
+        async move { Ok::<_, Infallible>(s.handle(req).await) }
+    });
+    let io = TokioIo::new(agent);
+    match proto {
+        Proto::H1 => {
+            hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .max_buf_size(MAX_HEADER_BUF)
+                .serve_connection(io, svc)
+                .with_upgrades()
+                .await?
+        }
+        Proto::H2 => {
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_header_list_size(MAX_HEADER_BUF as u32)
+                .serve_connection(io, svc)
+                .await?
+        }
+    }
+    Ok(())
+}
+
+/// `{"error": "agentguard: <reason>"}` with the status.
+pub fn refusal(status: StatusCode, reason: &str) -> Response<Body> {
+    let reason = reason.strip_prefix("agentguard: ").unwrap_or(reason);
+    let body = serde_json::json!({ "error": format!("agentguard: {reason}") }).to_string();
+    let mut resp = Response::new(full(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|never| match never {}).boxed_unsync()
+}
+
+fn incoming(b: Incoming) -> Body {
+    b.map_err(BoxError::from).boxed_unsync()
+}
+
+/// Connection-scoped headers never cross the proxy (RFC 9110 §7.6.1), nor
+/// does Expect (hyper answered the agent's 100-continue already).
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for name in named {
+        if keep_upgrade && name == "upgrade" {
+            continue;
+        }
+        headers.remove(name.as_str());
+    }
+    for h in [
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "expect",
+    ] {
+        headers.remove(h);
+    }
+    if !keep_upgrade {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> Option<String> {
+    let conn_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    let proto = headers.get(header::UPGRADE)?.to_str().ok()?;
+    conn_upgrade.then(|| proto.to_ascii_lowercase())
+}
+
+impl Session {
+    async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
+        let upgrade = is_upgrade(req.headers());
+        let on_agent_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let target = &self.conn.target;
+        let host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .or_else(|| target.host.clone())
+            .unwrap_or_else(|| target.ip.clone());
+        let path = parts.uri.path().to_owned();
+        let query = parts.uri.query().map(str::to_owned);
+
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let llm = target.protocol == Protocol::Llm || input::llm_provider(&path).is_some();
+        let want_body = input::is_json(content_type) || (llm && parts.method == Method::POST);
+        let (head, rest) = if want_body {
+            match buffer(body, input::MAX_JSON_BODY).await {
+                Ok(b) => b,
+                Err(e) => {
+                    return refusal(
+                        StatusCode::BAD_REQUEST,
+                        &format!("reading the request body: {e}"),
+                    );
+                }
+            }
+        } else {
+            (Buffered::default(), Some(body))
+        };
+        let complete = rest.is_none();
+        let Ok((engine, detect_sel)) = self.conn.shared.engine() else {
+            return refusal(StatusCode::FORBIDDEN, "mask engine unavailable");
+        };
+        let request = input::build(
+            target.protocol,
+            &input::Parts {
+                method: parts.method.as_str(),
+                scheme: self.scheme,
+                host: &host,
+                path: &path,
+                query: query.as_deref(),
+                headers: &parts.headers,
+                json: (want_body && complete).then_some(&head.data[..]),
+                body_truncated: want_body && !complete,
+                upgrade: upgrade.clone(),
+            },
+            engine,
+            detect_sel,
+        );
+        let is_llm = matches!(request, decide::Request::Llm(_));
+        if is_llm && !complete {
+            let reason = format!(
+                "LLM request body over {} bytes cannot be inspected",
+                input::MAX_JSON_BODY
+            );
+            warn!(method = %parts.method, path, %reason, "denied");
+            return refusal(StatusCode::FORBIDDEN, &reason);
+        }
+        let input = Input {
+            identity: self.conn.identity.clone(),
+            target: target.clone(),
+            request,
+        };
+        let decision = self.decide(&input, parts.method.as_str(), &path).await;
+        if decision.action != Action::Allow {
+            return refusal(StatusCode::FORBIDDEN, &decision.reason);
+        }
+        if let Sender::Refused(reason) = &self.sender {
+            warn!(method = %parts.method, path, %reason, "denied");
+            return refusal(StatusCode::FORBIDDEN, reason);
+        }
+        let sel = match engine.selection(target.name.as_deref(), &decision.mask) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                let reason = format!("policy error: decision's mask list: {e}");
+                warn!(%reason, "denied");
+                return refusal(StatusCode::FORBIDDEN, &reason);
+            }
+        };
+
+        // The prompt's PII is masked before it leaves the host.
+        let mut head = head;
+        if is_llm && complete {
+            if let Some((masked, n)) = input::mask_request_json(engine, &sel, &head.data) {
+                info!(count = n, "prompt masked before forwarding");
+                head.data = Bytes::from(masked);
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(head.data.len()));
+            }
+        }
+
+        // Towards the server.
+        strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
+        let gzip_ok = parts
+            .headers
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("gzip"));
+        // Only encodings this proxy can decode (and so mask) are asked for.
+        if gzip_ok {
+            parts
+                .headers
+                .insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+        } else {
+            parts.headers.remove(header::ACCEPT_ENCODING);
+        }
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        parts.uri = match self.upstream_proto {
+            Proto::H1 => {
+                if !parts.headers.contains_key(header::HOST) {
+                    if let Ok(v) = HeaderValue::from_str(&host) {
+                        parts.headers.insert(header::HOST, v);
+                    }
+                }
+                parts.version = http::Version::HTTP_11;
+                pq.parse::<Uri>()
+            }
+            Proto::H2 => {
+                parts.headers.remove(header::HOST);
+                parts.version = http::Version::HTTP_2;
+                format!("{}://{host}{pq}", self.scheme).parse::<Uri>()
+            }
+        }
+        .unwrap_or_default();
+        let body = Replay {
+            head: if head.data.is_empty() {
+                VecDeque::new()
+            } else {
+                VecDeque::from([Frame::data(head.data)])
+            },
+            trailers: head.trailers,
+            rest,
+        };
+        let upstream_req = Request::from_parts(parts, body.boxed_unsync());
+        let method = upstream_req.method().clone();
+        let mut resp = match send(&self.sender, upstream_req).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(%method, path, "upstream failed: {e}");
+                return refusal(StatusCode::BAD_GATEWAY, &format!("upstream: {e}"));
+            }
+        };
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(agent_side) = on_agent_upgrade {
+                let upstream_side = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    match tokio::try_join!(agent_side, upstream_side) {
+                        Ok((a, u)) => {
+                            let (mut a, mut u) = (TokioIo::new(a), TokioIo::new(u));
+                            let r = tokio::io::copy_bidirectional(&mut a, &mut u).await;
+                            debug!("upgraded connection closed: {r:?}");
+                        }
+                        Err(e) => debug!("upgrade failed: {e}"),
+                    }
+                });
+                info!(%method, path, upgrade = ?upgrade, "upgraded");
+                let (mut rp, _) = resp.into_parts();
+                strip_hop_by_hop(&mut rp.headers, true);
+                return Response::from_parts(rp, full(Bytes::new()));
+            }
+        }
+
+        // Towards the agent.
+        let (mut rparts, rbody) = resp.into_parts();
+        let close = rparts
+            .headers
+            .get(header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("close"));
+        strip_hop_by_hop(&mut rparts.headers, false);
+        if close && self.upstream_proto == Proto::H1 {
+            // The server is done with this connection; so is the agent.
+            rparts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        let bodiless = method == Method::HEAD
+            || rparts.status.is_informational()
+            || rparts.status == StatusCode::NO_CONTENT
+            || rparts.status == StatusCode::NOT_MODIFIED;
+        let class = if bodiless {
+            mask::Class::Opaque
+        } else {
+            mask::classify(&rparts.headers)
+        };
+        if class == mask::Class::Opaque {
+            return Response::from_parts(rparts, incoming(rbody));
+        }
+        let encoding = match mask::encoding(&rparts.headers) {
+            Ok(e) => e,
+            Err(enc) => {
+                let reason = format!(
+                    "cannot inspect a response with content-encoding `{enc}` (agentguard asked the server for gzip or identity)"
+                );
+                warn!(%method, path, %reason, "response refused");
+                return refusal(StatusCode::BAD_GATEWAY, &reason);
+            }
+        };
+        rparts.headers.remove(header::CONTENT_LENGTH);
+        rparts.headers.remove(header::CONTENT_ENCODING);
+        let body = mask::masked_body(Arc::clone(engine), sel, class, encoding, rbody);
+        Response::from_parts(rparts, body.boxed_unsync())
+    }
+
+    async fn decide(&self, input: &Input, method: &str, path: &str) -> Decision {
+        let decision = self.conn.decider.decide(input);
+        match decision.action {
+            Action::Allow => {
+                info!(method, path, reason = %decision.reason, "allowed");
+                decision
+            }
+            Action::Deny => {
+                warn!(method, path, reason = %decision.reason, "denied");
+                decision
+            }
+            Action::Approve => {
+                let timeout = self.conn.approval_timeout;
+                warn!(method, path, reason = %decision.reason, ?timeout, "held for approval");
+                tokio::time::sleep(timeout).await;
+                let reason = format!(
+                    "approval required ({}), none given within {}s",
+                    decision.reason,
+                    timeout.as_secs()
+                );
+                warn!(method, path, %reason, "denied");
+                Decision::deny(reason)
+            }
+        }
+    }
+}
+
+async fn send(sender: &Sender, req: Request<Body>) -> Result<Response<Incoming>, String> {
+    match sender {
+        Sender::H1(s) => {
+            let mut s = s.lock().await;
+            s.ready().await.map_err(|e| e.to_string())?;
+            s.send_request(req).await.map_err(|e| e.to_string())
+        }
+        Sender::H2(s) => {
+            let mut s = s.clone();
+            s.ready().await.map_err(|e| e.to_string())?;
+            s.send_request(req).await.map_err(|e| e.to_string())
+        }
+        Sender::Refused(reason) => Err(reason.clone()),
+    }
+}
+
+#[derive(Default)]
+struct Buffered {
+    data: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+/// Reads the body up to `limit` bytes. Whole: `(all, None)`; longer:
+/// `(first part, Some(rest))`, to be forwarded in that order.
+async fn buffer(
+    mut body: Incoming,
+    limit: usize,
+) -> Result<(Buffered, Option<Incoming>), hyper::Error> {
+    let mut data = Vec::new();
+    let mut trailers = None;
+    while data.len() <= limit {
+        match body.frame().await {
+            None => {
+                return Ok((
+                    Buffered {
+                        data: Bytes::from(data),
+                        trailers,
+                    },
+                    None,
+                ));
+            }
+            Some(frame) => match frame?.into_data() {
+                Ok(d) => data.extend_from_slice(&d),
+                Err(f) => trailers = f.into_trailers().ok(),
+            },
+        }
+    }
+    Ok((
+        Buffered {
+            data: Bytes::from(data),
+            trailers,
+        },
+        Some(body),
+    ))
+}
+
+/// Frames already read, then the rest of the original body.
+struct Replay {
+    head: VecDeque<Frame<Bytes>>,
+    trailers: Option<HeaderMap>,
+    rest: Option<Incoming>,
+}
+
+impl hyper::body::Body for Replay {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(f) = self.head.pop_front() {
+            return Poll::Ready(Some(Ok(f)));
+        }
+        if let Some(rest) = self.rest.as_mut() {
+            return Pin::new(rest).poll_frame(cx).map_err(BoxError::from);
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+    fn is_end_stream(&self) -> bool {
+        self.head.is_empty()
+            && self.trailers.is_none()
+            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+    fn size_hint(&self) -> SizeHint {
+        let head: u64 = self
+            .head
+            .iter()
+            .filter_map(|f| f.data_ref())
+            .map(|d| d.len() as u64)
+            .sum();
+        match &self.rest {
+            None => SizeHint::with_exact(head),
+            Some(r) => {
+                let mut h = r.size_hint();
+                h.set_lower(h.lower() + head);
+                if let Some(u) = h.upper() {
+                    h.set_upper(u + head);
+                }
+                h
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-trace"),
+        );
+        h.insert("x-trace", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert_eq!(is_upgrade(&h).as_deref(), Some("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert!(h.contains_key(header::UPGRADE) && h.contains_key(header::CONNECTION));
+    }
+
+    #[test]
+    fn refusal_body() {
+        let r = refusal(StatusCode::FORBIDDEN, "agentguard: no");
+        assert_eq!(r.status(), 403);
+        let r2 = refusal(StatusCode::FORBIDDEN, "HTTP: POST / denied");
+        assert_eq!(r2.headers()[header::CONTENT_TYPE], "application/json");
+    }
+}
