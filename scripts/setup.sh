@@ -12,8 +12,11 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 # --- Debian packages ---------------------------------------------------------
 packages=(
   iproute2 util-linux procps psmisc curl python3 haproxy dnsmasq-base dnsutils
-  postgresql postgresql-client pgbouncer
+  postgresql postgresql-client pgbouncer nginx
 )
+# kubectl for the HTTP guard's Kubernetes test: Debian's kubernetes-client,
+# unless some other kubectl is already installed (both own /usr/bin/kubectl).
+command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -248,27 +248,31 @@ pub fn masked_body(
     body: Incoming,
 ) -> ChannelBody {
     let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(async move {
-        let mut task = Task {
-            engine: &engine,
-            sel: &sel,
-            tx,
-            findings: BTreeMap::new(),
-        };
-        let result = task.run(class, Decoder::new(encoding), body).await;
-        if let Err(e) = result {
-            debug!("response body: {e}");
-            let _ = task.tx.send(Err(e)).await;
-        }
-        if !task.findings.is_empty() {
-            let summary: Vec<String> = task
-                .findings
-                .iter()
-                .map(|(k, n)| format!("{k}:{n}"))
-                .collect();
-            info!(masked = %summary.join(","), "response masked");
-        }
-    });
+    let span = tracing::Span::current();
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let mut task = Task {
+                engine: &engine,
+                sel: &sel,
+                tx,
+                findings: BTreeMap::new(),
+            };
+            let result = task.run(class, Decoder::new(encoding), body).await;
+            if let Err(e) = result {
+                debug!("response body: {e}");
+                let _ = task.tx.send(Err(e)).await;
+            }
+            if !task.findings.is_empty() {
+                let summary: Vec<String> = task
+                    .findings
+                    .iter()
+                    .map(|(k, n)| format!("{k}:{n}"))
+                    .collect();
+                info!(masked = %summary.join(","), "response masked");
+            }
+        },
+        span,
+    ));
     ChannelBody { rx }
 }
 

@@ -191,10 +191,34 @@ fn is_upgrade(headers: &HeaderMap) -> Option<String> {
 }
 
 impl Session {
+    /// A refusal the agent's client shows well: for the Kubernetes API, a
+    /// `Status` object (kubectl prints its message) that also carries the
+    /// `error` field every refusal has.
+    fn refuse(&self, status: StatusCode, reason: &str) -> Response<Body> {
+        if self.conn.target.protocol != Protocol::K8s {
+            return refusal(status, reason);
+        }
+        let reason = reason.strip_prefix("agentguard: ").unwrap_or(reason);
+        let message = format!("agentguard: {reason}");
+        let body = serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": if status == StatusCode::FORBIDDEN { "Forbidden" } else { "ServiceUnavailable" },
+            "code": status.as_u16(), "error": message,
+        });
+        let mut resp = Response::new(full(Bytes::from(body.to_string())));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+
     async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
         let upgrade = is_upgrade(req.headers());
         let on_agent_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        let agent_version = parts.version;
         let target = &self.conn.target;
         let host = parts
             .uri
@@ -222,7 +246,7 @@ impl Session {
             match buffer(body, input::MAX_JSON_BODY).await {
                 Ok(b) => b,
                 Err(e) => {
-                    return refusal(
+                    return self.refuse(
                         StatusCode::BAD_REQUEST,
                         &format!("reading the request body: {e}"),
                     );
@@ -233,7 +257,7 @@ impl Session {
         };
         let complete = rest.is_none();
         let Ok((engine, detect_sel)) = self.conn.shared.engine() else {
-            return refusal(StatusCode::FORBIDDEN, "mask engine unavailable");
+            return self.refuse(StatusCode::FORBIDDEN, "mask engine unavailable");
         };
         let request = input::build(
             target.protocol,
@@ -258,7 +282,7 @@ impl Session {
                 input::MAX_JSON_BODY
             );
             warn!(method = %parts.method, path, %reason, "denied");
-            return refusal(StatusCode::FORBIDDEN, &reason);
+            return self.refuse(StatusCode::FORBIDDEN, &reason);
         }
         let input = Input {
             identity: self.conn.identity.clone(),
@@ -267,18 +291,18 @@ impl Session {
         };
         let decision = self.decide(&input, parts.method.as_str(), &path).await;
         if decision.action != Action::Allow {
-            return refusal(StatusCode::FORBIDDEN, &decision.reason);
+            return self.refuse(StatusCode::FORBIDDEN, &decision.reason);
         }
         if let Sender::Refused(reason) = &self.sender {
             warn!(method = %parts.method, path, %reason, "denied");
-            return refusal(StatusCode::FORBIDDEN, reason);
+            return self.refuse(StatusCode::FORBIDDEN, reason);
         }
         let sel = match engine.selection(target.name.as_deref(), &decision.mask) {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 let reason = format!("policy error: decision's mask list: {e}");
                 warn!(%reason, "denied");
-                return refusal(StatusCode::FORBIDDEN, &reason);
+                return self.refuse(StatusCode::FORBIDDEN, &reason);
             }
         };
 
@@ -346,7 +370,7 @@ impl Session {
             Ok(r) => r,
             Err(e) => {
                 warn!(%method, path, "upstream failed: {e}");
-                return refusal(StatusCode::BAD_GATEWAY, &format!("upstream: {e}"));
+                return self.refuse(StatusCode::BAD_GATEWAY, &format!("upstream: {e}"));
             }
         };
 
@@ -372,6 +396,7 @@ impl Session {
 
         // Towards the agent.
         let (mut rparts, rbody) = resp.into_parts();
+        rparts.version = agent_version;
         let close = rparts
             .headers
             .get(header::CONNECTION)
@@ -403,7 +428,7 @@ impl Session {
                     "cannot inspect a response with content-encoding `{enc}` (agentguard asked the server for gzip or identity)"
                 );
                 warn!(%method, path, %reason, "response refused");
-                return refusal(StatusCode::BAD_GATEWAY, &reason);
+                return self.refuse(StatusCode::BAD_GATEWAY, &reason);
             }
         };
         rparts.headers.remove(header::CONTENT_LENGTH);
