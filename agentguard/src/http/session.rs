@@ -308,14 +308,15 @@ impl Session {
 
         // The prompt's PII is masked before it leaves the host.
         let mut head = head;
-        if is_llm && complete {
-            if let Some((masked, n)) = input::mask_request_json(engine, &sel, &head.data) {
-                info!(count = n, "prompt masked before forwarding");
-                head.data = Bytes::from(masked);
-                parts
-                    .headers
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(head.data.len()));
-            }
+        if is_llm
+            && complete
+            && let Some((masked, n)) = input::mask_request_json(engine, &sel, &head.data)
+        {
+            info!(count = n, "prompt masked before forwarding");
+            head.data = Bytes::from(masked);
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(head.data.len()));
         }
 
         // Towards the server.
@@ -340,10 +341,10 @@ impl Session {
             .to_owned();
         parts.uri = match self.upstream_proto {
             Proto::H1 => {
-                if !parts.headers.contains_key(header::HOST) {
-                    if let Ok(v) = HeaderValue::from_str(&host) {
-                        parts.headers.insert(header::HOST, v);
-                    }
+                if !parts.headers.contains_key(header::HOST)
+                    && let Ok(v) = HeaderValue::from_str(&host)
+                {
+                    parts.headers.insert(header::HOST, v);
                 }
                 parts.version = http::Version::HTTP_11;
                 pq.parse::<Uri>()
@@ -374,24 +375,24 @@ impl Session {
             }
         };
 
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(agent_side) = on_agent_upgrade {
-                let upstream_side = hyper::upgrade::on(&mut resp);
-                tokio::spawn(async move {
-                    match tokio::try_join!(agent_side, upstream_side) {
-                        Ok((a, u)) => {
-                            let (mut a, mut u) = (TokioIo::new(a), TokioIo::new(u));
-                            let r = tokio::io::copy_bidirectional(&mut a, &mut u).await;
-                            debug!("upgraded connection closed: {r:?}");
-                        }
-                        Err(e) => debug!("upgrade failed: {e}"),
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(agent_side) = on_agent_upgrade
+        {
+            let upstream_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(agent_side, upstream_side) {
+                    Ok((a, u)) => {
+                        let (mut a, mut u) = (TokioIo::new(a), TokioIo::new(u));
+                        let r = tokio::io::copy_bidirectional(&mut a, &mut u).await;
+                        debug!("upgraded connection closed: {r:?}");
                     }
-                });
-                info!(%method, path, upgrade = ?upgrade, "upgraded");
-                let (mut rp, _) = resp.into_parts();
-                strip_hop_by_hop(&mut rp.headers, true);
-                return Response::from_parts(rp, full(Bytes::new()));
-            }
+                    Err(e) => debug!("upgrade failed: {e}"),
+                }
+            });
+            info!(%method, path, upgrade = ?upgrade, "upgraded");
+            let (mut rp, _) = resp.into_parts();
+            strip_hop_by_hop(&mut rp.headers, true);
+            return Response::from_parts(rp, full(Bytes::new()));
         }
 
         // Towards the agent.
