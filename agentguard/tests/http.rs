@@ -61,7 +61,9 @@ class H(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
     def do_GET(self):
         path = self.path.split("?")[0]
-        if path == "/plain":
+        if self.headers.get("upgrade"):
+            self.upgrade()
+        elif path == "/plain":
             self.send(200, "text/plain", b"hello from the server\n")
         elif path == "/json":
             body = json.dumps({"user": {"name": "John", "email": "john.doe@example.com",
@@ -87,6 +89,19 @@ class H(http.server.BaseHTTPRequestHandler):
             self.send(200, "application/json", json.dumps(KUBE[path]).encode())
         else:
             self.send(404, "text/plain", b"not found\n")
+    def upgrade(self):
+        # A minimal Upgrade: 101, then echo raw bytes (what a WebSocket
+        # proxy must let through after the handshake).
+        self.send_response(101)
+        self.send_header("upgrade", "echo")
+        self.send_header("connection", "Upgrade")
+        self.end_headers()
+        self.wfile.flush()
+        while True:
+            data = self.connection.recv(4096)
+            if not data: break
+            self.connection.sendall(data)
+        self.close_connection = True
     def do_POST(self):
         n = int(self.headers.get("content-length", "0"))
         body = self.rfile.read(n)
@@ -292,6 +307,81 @@ except urllib.error.HTTPError as e:
     // Not HTTP on an HTTP target: refused, the guard keeps serving.
     let out = exec(&config, &args(&py_client("127.0.0.1", api.port)));
     assert!(stdout(&out).starts_with("ERR"), "{}", stdout(&out));
+
+    // Bad input: a malformed request line, oversized headers; then a good
+    // request on the same guard.
+    let code = r#"
+import socket, sys
+def req(data):
+    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+    try:
+        s.sendall(data)
+    except OSError:
+        pass
+    out = b""
+    try:
+        while b"\r\n" not in out:
+            d = s.recv(65536)
+            if not d: break
+            out += d
+    except OSError as e:
+        return "ERR " + type(e).__name__
+    return out.split(b"\r\n")[0].decode() or "EOF"
+print(req(b"GET / HTTP/1.1 extra\r\nHost: x\r\n\r\n"))
+print(req(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200000 + b"\r\n\r\n"))
+print(req(b"GET /plain HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+"#;
+    let out = exec(&config, &[PYTHON, "-c", code, &api.port.to_string()]);
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 3, "{lines:?}\n{}", stderr(&out));
+    assert_eq!(lines[0], "HTTP/1.1 400 Bad Request", "{lines:?}");
+    assert_eq!(
+        lines[1], "HTTP/1.1 431 Request Header Fields Too Large",
+        "{lines:?}"
+    );
+    assert_eq!(lines[2], "HTTP/1.1 200 OK", "{lines:?}");
+
+    // Expect: 100-continue with a 300 KB body, echoed back unchanged.
+    let big = config.dir.path().join("big.txt");
+    std::fs::write(&big, "lorem ipsum dolor sit amet\n".repeat(12_000)).expect("write");
+    let (out, log) = curl(
+        &config,
+        &[
+            "-H",
+            "Expect: 100-continue",
+            "-H",
+            "content-type: text/plain",
+            "--data-binary",
+            &format!("@{}", big.display()),
+            &format!("http://127.0.0.1:{}/echo", api.port),
+        ],
+    );
+    assert!(out.contains("HTTP/1.1 100 Continue"), "{log}");
+    assert!(
+        out.ends_with(&"lorem ipsum dolor sit amet\n".repeat(12_000)),
+        "echoed whole"
+    );
+
+    // Upgrade: decided like a request, then raw bytes both ways.
+    let code = r#"
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+s.sendall(b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(4096)
+print(head.split(b"\r\n")[0].decode())
+s.sendall(b"ping over the upgraded connection")
+print(s.recv(4096).decode())
+"#;
+    let out = exec(&config, &[PYTHON, "-c", code, &api.port.to_string()]);
+    assert_eq!(
+        stdout(&out),
+        "HTTP/1.1 101 Switching Protocols\nping over the upgraded connection\n",
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("upgraded"), "{}", stderr(&out));
 }
 
 #[test]
@@ -362,6 +452,18 @@ fn https_interception_verifies_upstream() {
         out.contains("upstream TLS to localhost failed: invalid peer certificate: UnknownIssuer"),
         "{out}"
     );
+
+    // An IP in the URL: curl sends no SNI; the target's host is used.
+    let (out, log) = curl(
+        &config,
+        &[
+            "--cacert",
+            &ca_arg,
+            &format!("https://127.0.0.1:{}/plain", trusted.port),
+        ],
+    );
+    assert!(out.contains(" 200"), "{out}\n{log}");
+    assert!(log.contains("ClientHello without SNI"), "{log}");
 
     // python3 urllib trusting the agentguard CA.
     let code = "import ssl,sys,urllib.request\nctx=ssl.create_default_context(cafile=sys.argv[2])\nprint(urllib.request.urlopen(sys.argv[1], context=ctx, timeout=10).read().decode().strip())";
@@ -672,4 +774,28 @@ fn kubectl_against_a_stub_api_server() {
         log.contains("Kubernetes: reading secrets is not allowed"),
         "{log}"
     );
+}
+
+#[test]
+fn k8s_exec_is_held_for_approval_then_denied() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = start_server(dir.path(), None);
+    let config = TestConfig::new(&format!(
+        "approval_timeout_secs = 1\n[[targets]]\nname = \"cluster\"\naddress = \"127.0.0.1:{}\"\nprotocol = \"k8s\"\n",
+        api.port
+    ));
+    let start = std::time::Instant::now();
+    let url = format!(
+        "http://127.0.0.1:{}/api/v1/namespaces/default/pods/web-1/exec?command=sh",
+        api.port
+    );
+    let (out, log) = curl(&config, &["-X", "POST", &url]);
+    assert!(start.elapsed() >= Duration::from_secs(1), "held");
+    assert!(out.contains(" 403"), "{out}\n{log}");
+    assert!(
+        out.contains("approval required (Kubernetes: pods/exec into default/web-1 needs approval), none given within 1s"),
+        "{out}"
+    );
+    assert!(out.contains("\"kind\":\"Status\""), "{out}");
 }

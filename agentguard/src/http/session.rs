@@ -397,12 +397,16 @@ impl Session {
 
         // Towards the agent.
         let (mut rparts, rbody) = resp.into_parts();
-        rparts.version = agent_version;
-        let close = rparts
+        let connection = rparts
             .headers
             .get(header::CONNECTION)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.to_ascii_lowercase().contains("close"));
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_default();
+        // HTTP/1.0 closes unless it says keep-alive.
+        let close = connection.contains("close")
+            || (rparts.version == http::Version::HTTP_10 && !connection.contains("keep-alive"));
+        rparts.version = agent_version;
         strip_hop_by_hop(&mut rparts.headers, false);
         if close && self.upstream_proto == Proto::H1 {
             // The server is done with this connection; so is the agent.
