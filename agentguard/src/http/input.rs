@@ -151,8 +151,8 @@ pub struct Parts<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
-    /// The buffered body when it is JSON (`None`: none, not JSON, or too big).
-    pub json: Option<&'a [u8]>,
+    /// The buffered body, JSON or text (`None`: not buffered, or too big).
+    pub body: Option<&'a [u8]>,
     pub body_truncated: bool,
     pub upgrade: Option<String>,
 }
@@ -167,11 +167,13 @@ pub fn build(
     if protocol == Protocol::K8s {
         return Request::K8s(k8s::derive(parts.method, parts.path, parts.query));
     }
-    let body: Option<Value> = parts.json.and_then(|b| serde_json::from_slice(b).ok());
-    let entities = body
-        .as_ref()
-        .map(|b| entities(engine, detect, b))
-        .unwrap_or_default();
+    let body: Option<Value> = parts.body.and_then(|b| serde_json::from_slice(b).ok());
+    let entities = match (&body, parts.body) {
+        (Some(tree), _) => entities(engine, detect, tree),
+        // Text (a form, plain text): scanned as a whole.
+        (None, Some(raw)) => text_entities(engine, detect, raw),
+        (None, None) => Vec::new(),
+    };
     let http = HttpRequest {
         method: parts.method.to_owned(),
         scheme: parts.scheme,
@@ -218,6 +220,22 @@ pub fn entities(engine: &Engine, sel: &Selection, body: &Value) -> Vec<Entity> {
             kind,
             count,
             path: (!path.is_empty()).then_some(path),
+        })
+        .collect()
+}
+
+fn text_entities(engine: &Engine, sel: &Selection, raw: &[u8]) -> Vec<Entity> {
+    let m = engine.mask_bytes(raw, &FieldContext::text(), sel);
+    let mut found: BTreeMap<String, u32> = BTreeMap::new();
+    for f in m.findings {
+        *found.entry(f.entity.to_string()).or_default() += f.count;
+    }
+    found
+        .into_iter()
+        .map(|(kind, count)| Entity {
+            kind,
+            count,
+            path: None,
         })
         .collect()
 }
@@ -360,7 +378,7 @@ mod tests {
         assert!(!is_json(None));
     }
 
-    fn parts<'a>(path: &'a str, headers: &'a HeaderMap, json: Option<&'a [u8]>) -> Parts<'a> {
+    fn parts<'a>(path: &'a str, headers: &'a HeaderMap, body: Option<&'a [u8]>) -> Parts<'a> {
         Parts {
             method: "POST",
             scheme: "https",
@@ -368,7 +386,7 @@ mod tests {
             path,
             query: None,
             headers,
-            json,
+            body,
             body_truncated: false,
             upgrade: None,
         }
@@ -451,6 +469,28 @@ mod tests {
             build(Protocol::K8s, &parts("/api/v1/pods", &h, None), &e, &detect),
             Request::K8s(_)
         ));
+    }
+
+    #[test]
+    fn text_bodies_are_scanned_too() {
+        let e = engine();
+        let detect = e.selection(None, &["all"]).expect("sel");
+        let h = HeaderMap::new();
+        let body = b"q=hello&token=ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789";
+        let Request::Http(r) = build(
+            Protocol::Http,
+            &parts("/search", &h, Some(body)),
+            &e,
+            &detect,
+        ) else {
+            panic!("http kind");
+        };
+        assert!(r.body.is_none());
+        assert!(
+            r.entities.iter().any(|x| x.kind == "github_token"),
+            "{:?}",
+            r.entities
+        );
     }
 
     #[test]

@@ -241,7 +241,14 @@ impl Session {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
         let llm = target.protocol == Protocol::Llm || input::llm_provider(&path).is_some();
-        let want_body = input::is_json(content_type) || (llm && parts.method == Method::POST);
+        // JSON and text bodies are read (up to the limit) before the
+        // decision: policy sees them, detectors scan them.
+        let want_body = input::is_json(content_type)
+            || (llm && parts.method == Method::POST)
+            || (parts.method != Method::GET
+                && parts.method != Method::HEAD
+                && content_type.is_some()
+                && mask::classify(&parts.headers) == mask::Class::Text);
         let (head, rest) = if want_body {
             match buffer(body, input::MAX_JSON_BODY).await {
                 Ok(b) => b,
@@ -268,7 +275,7 @@ impl Session {
                 path: &path,
                 query: query.as_deref(),
                 headers: &parts.headers,
-                json: (want_body && complete).then_some(&head.data[..]),
+                body: (want_body && complete).then_some(&head.data[..]),
                 body_truncated: want_body && !complete,
                 upgrade: upgrade.clone(),
             },
