@@ -19,8 +19,10 @@ pub mod k8s;
 pub mod mask;
 pub mod session;
 pub mod tls;
+pub mod upstream;
 
 use std::{
+    net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex, OnceLock},
     time::Duration,
@@ -132,6 +134,8 @@ pub struct Conn {
     pub ca_file: Option<PathBuf>,
     pub approval_timeout: Duration,
     pub connect_timeout: Duration,
+    /// The original destination (for dialling the server again).
+    pub dst: SocketAddr,
 }
 
 /// Serves one agent connection until it closes.
@@ -140,10 +144,12 @@ pub async fn run(conn: Conn, mut client: TcpStream, upstream: TcpStream) -> Resu
     match detect::detect(&mut client, &mut buf, FIRST_BYTES_TIMEOUT).await? {
         Detected::H1 => {
             debug!("HTTP/1.x");
+            let redial = plain_redial(&conn);
             session::serve(
                 conn,
                 Prefixed::new(buf, client),
                 Ok(upstream),
+                redial,
                 Proto::H1,
                 "http",
             )
@@ -151,10 +157,12 @@ pub async fn run(conn: Conn, mut client: TcpStream, upstream: TcpStream) -> Resu
         }
         Detected::H2Prior => {
             debug!("HTTP/2 (prior knowledge)");
+            let redial = plain_redial(&conn);
             session::serve(
                 conn,
                 Prefixed::new(buf, client),
                 Ok(upstream),
+                redial,
                 Proto::H2,
                 "http",
             )
@@ -165,6 +173,14 @@ pub async fn run(conn: Conn, mut client: TcpStream, upstream: TcpStream) -> Resu
             crate::proxy::reset(client);
             Err(HttpError::NotHttp(buf.iter().take(8).copied().collect()))
         }
+    }
+}
+
+fn plain_redial(conn: &Conn) -> upstream::Redial {
+    upstream::Redial {
+        dst: conn.dst,
+        tls: None,
+        timeout: conn.connect_timeout,
     }
 }
 
@@ -234,13 +250,14 @@ async fn tls_session(
         .filter(|p| p.as_slice() == b"h2" || p.as_slice() == b"http/1.1")
         .cloned()
         .collect();
-    let mut client_config = (*conn.shared.upstream().config(conn.ca_file.as_deref())?).clone();
+    let base_config = conn.shared.upstream().config(conn.ca_file.as_deref())?;
+    let mut client_config = (*base_config).clone();
     client_config.alpn_protocols = offered.clone();
     let connector = TlsConnector::from(Arc::new(client_config));
     let server_name = tls::server_name(&name)?;
     let upstream = match tokio::time::timeout(
         conn.connect_timeout,
-        connector.connect(server_name, upstream),
+        connector.connect(server_name.clone(), upstream),
     )
     .await
     {
@@ -261,6 +278,14 @@ async fn tls_session(
             offered
         }
     };
+    // A reconnect asks for exactly the protocol the first connection got.
+    let mut redial_config = (*base_config).clone();
+    redial_config.alpn_protocols = agent_alpn.clone();
+    let redial = upstream::Redial {
+        dst: conn.dst,
+        tls: Some((TlsConnector::from(Arc::new(redial_config)), server_name)),
+        timeout: conn.connect_timeout,
+    };
     let server_config = ca.server_config(&name, agent_alpn)?;
     let agent = TlsAcceptor::from(server_config)
         .accept(Prefixed::new(buf, client))
@@ -272,5 +297,5 @@ async fn tls_session(
         Proto::H1
     };
     debug!(name, ?proto, "TLS intercepted");
-    session::serve(conn, agent, upstream, proto, "https").await
+    session::serve(conn, agent, upstream, redial, proto, "https").await
 }

@@ -223,6 +223,7 @@ impl Proxy {
                         ca_file: found.and_then(|t| t.ca_file.clone()),
                         approval_timeout: Duration::from_secs(self.config.approval_timeout_secs),
                         connect_timeout: timeout,
+                        dst,
                     };
                     if let Err(e) = http::run(conn, client, upstream).await {
                         warn!("http session closed: {e}");

@@ -51,6 +51,9 @@ KUBE = {
 
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Idle keep-alive connections are dropped after 1 s without notice, as
+    # servers do.
+    timeout = 1
     def log_message(self, *a): pass
     def send(self, code, ctype, body, extra=()):
         self.send_response(code)
@@ -302,6 +305,30 @@ except urllib.error.HTTPError as e:
         text.starts_with("hello from the server\n403 {\"error\":\"agentguard: HTTP: POST /x"),
         "{text}\n{}",
         stderr(&out)
+    );
+
+    // The server drops the idle keep-alive connection; the agent's stays
+    // open and its next request still works (the guard dials again).
+    let code = r#"
+import http.client, sys, time
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=10)
+for i in range(2):
+    c.request("GET", "/plain")
+    r = c.getresponse()
+    print(r.status, r.read().decode().strip())
+    time.sleep(1.5)
+"#;
+    let out = exec(&config, &[PYTHON, "-c", code, &api.port.to_string()]);
+    assert_eq!(
+        stdout(&out),
+        "200 hello from the server\n200 hello from the server\n",
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        allowed_lines(&stderr(&out)).len(),
+        1,
+        "one agent connection"
     );
 
     // Not HTTP on an HTTP target: refused, the guard keeps serving.

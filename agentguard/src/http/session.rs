@@ -21,7 +21,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 
-use super::{Body, BoxError, Conn, HttpError, input, mask};
+use super::{
+    Body, BoxError, Conn, HttpError, input, mask,
+    upstream::{Redial, Upstream},
+};
 use crate::{
     config::Protocol,
     decide::{self, Action, Decision, Input},
@@ -36,18 +39,11 @@ pub enum Proto {
 /// Requests whose header block is larger are answered 431 by hyper.
 const MAX_HEADER_BUF: usize = 64 * 1024;
 
-enum Sender {
-    /// HTTP/1.1 carries one request at a time; the lock keeps it so.
-    H1(tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Body>>),
-    H2(hyper::client::conn::http2::SendRequest<Body>),
-    /// No usable upstream (its certificate failed verification): every
-    /// request is refused with this reason.
-    Refused(String),
-}
-
 struct Session {
     conn: Conn,
-    sender: Sender,
+    /// `Err`: no usable server (its certificate failed verification);
+    /// every request is refused with this reason.
+    upstream: Result<Upstream, String>,
     scheme: &'static str,
     upstream_proto: Proto,
 }
@@ -56,6 +52,7 @@ pub async fn serve<A, U>(
     conn: Conn,
     agent: A,
     upstream: Result<U, String>,
+    redial: Redial,
     proto: Proto,
     scheme: &'static str,
 ) -> Result<(), HttpError>
@@ -63,37 +60,13 @@ where
     A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let sender = match upstream {
-        Err(reason) => Sender::Refused(reason),
-        Ok(io) => match proto {
-            Proto::H1 => {
-                let (s, c) = hyper::client::conn::http1::Builder::new()
-                    .handshake(TokioIo::new(io))
-                    .await?;
-                tokio::spawn(async move {
-                    if let Err(e) = c.with_upgrades().await {
-                        debug!("upstream connection: {e}");
-                    }
-                });
-                Sender::H1(tokio::sync::Mutex::new(s))
-            }
-            Proto::H2 => {
-                let (s, c) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .handshake(TokioIo::new(io))
-                    .await?;
-                tokio::spawn(async move {
-                    if let Err(e) = c.await {
-                        debug!("upstream connection: {e}");
-                    }
-                });
-                Sender::H2(s)
-            }
-        },
+    let upstream = match upstream {
+        Err(reason) => Err(reason),
+        Ok(io) => Ok(Upstream::new(io, proto, redial).await?),
     };
     let session = Arc::new(Session {
         conn,
-        sender,
+        upstream,
         scheme,
         upstream_proto: proto,
     });
@@ -300,10 +273,11 @@ impl Session {
         if decision.action != Action::Allow {
             return self.refuse(StatusCode::FORBIDDEN, &decision.reason);
         }
-        if let Sender::Refused(reason) = &self.sender {
+        let Ok(upstream) = &self.upstream else {
+            let reason = self.upstream.as_ref().err().map_or("", String::as_str);
             warn!(method = %parts.method, path, %reason, "denied");
             return self.refuse(StatusCode::FORBIDDEN, reason);
-        }
+        };
         let sel = match engine.selection(target.name.as_deref(), &decision.mask) {
             Ok(s) => Arc::new(s),
             Err(e) => {
@@ -374,7 +348,7 @@ impl Session {
         };
         let upstream_req = Request::from_parts(parts, body.boxed_unsync());
         let method = upstream_req.method().clone();
-        let mut resp = match send(&self.sender, upstream_req).await {
+        let mut resp = match upstream.send(upstream_req).await {
             Ok(r) => r,
             Err(e) => {
                 warn!(%method, path, "upstream failed: {e}");
@@ -473,22 +447,6 @@ impl Session {
                 Decision::deny(reason)
             }
         }
-    }
-}
-
-async fn send(sender: &Sender, req: Request<Body>) -> Result<Response<Incoming>, String> {
-    match sender {
-        Sender::H1(s) => {
-            let mut s = s.lock().await;
-            s.ready().await.map_err(|e| e.to_string())?;
-            s.send_request(req).await.map_err(|e| e.to_string())
-        }
-        Sender::H2(s) => {
-            let mut s = s.clone();
-            s.ready().await.map_err(|e| e.to_string())?;
-            s.send_request(req).await.map_err(|e| e.to_string())
-        }
-        Sender::Refused(reason) => Err(reason.clone()),
     }
 }
 
