@@ -79,15 +79,18 @@ pub enum HttpError {
 #[derive(Default)]
 pub struct HttpShared {
     state_dir: PathBuf,
+    /// The engine compiled from the config's `[mask]` section.
+    configured: Option<Arc<Engine>>,
     engine: OnceLock<Result<(Arc<Engine>, Selection), String>>,
     ca: Mutex<Option<Arc<tls::Ca>>>,
     upstream: OnceLock<tls::Upstream>,
 }
 
 impl HttpShared {
-    pub fn new(state_dir: PathBuf) -> Self {
+    pub fn new(state_dir: PathBuf, masker: Option<Arc<Engine>>) -> Self {
         Self {
             state_dir,
+            configured: masker,
             ..Default::default()
         }
     }
@@ -97,11 +100,16 @@ impl HttpShared {
     pub fn engine(&self) -> Result<&(Arc<Engine>, Selection), String> {
         self.engine
             .get_or_init(|| {
-                let engine = Engine::new(&MaskConfig::default()).map_err(|e| e.to_string())?;
+                let engine = match &self.configured {
+                    Some(e) => Arc::clone(e),
+                    None => {
+                        Arc::new(Engine::new(&MaskConfig::default()).map_err(|e| e.to_string())?)
+                    }
+                };
                 let all = engine
                     .selection(None, &["all"])
                     .map_err(|e| e.to_string())?;
-                Ok((Arc::new(engine), all))
+                Ok((engine, all))
             })
             .as_ref()
             .map_err(Clone::clone)

@@ -81,7 +81,10 @@ impl Proxy {
         agents: Arc<AgentRegistry>,
         listen_port: u16,
     ) -> Self {
-        let http = Arc::new(http::HttpShared::new(config.state_dir.clone()));
+        let http = Arc::new(http::HttpShared::new(
+            config.state_dir.clone(),
+            config.masker.0.clone(),
+        ));
         Self {
             redirect,
             config,
