@@ -51,9 +51,6 @@ KUBE = {
 
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    # Idle keep-alive connections are dropped after 1 s without notice, as
-    # servers do.
-    timeout = 1
     def log_message(self, *a): pass
     def send(self, code, ctype, body, extra=()):
         self.send_response(code)
@@ -68,6 +65,10 @@ class H(http.server.BaseHTTPRequestHandler):
             self.upgrade()
         elif path == "/plain":
             self.send(200, "text/plain", b"hello from the server\n")
+            # ?drop: close the keep-alive connection without notice, as a
+            # server does when its idle timeout fires.
+            if "drop" in self.path:
+                self.close_connection = True
         elif path == "/json":
             body = json.dumps({"user": {"name": "John", "email": "john.doe@example.com",
                                         "card": "4111 1111 1111 1111"}, "id": 7}).encode()
@@ -313,10 +314,10 @@ except urllib.error.HTTPError as e:
 import http.client, sys, time
 c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=10)
 for i in range(2):
-    c.request("GET", "/plain")
+    c.request("GET", "/plain?drop")
     r = c.getresponse()
     print(r.status, r.read().decode().strip())
-    time.sleep(1.5)
+    time.sleep(0.5)
 "#;
     let out = exec(&config, &[PYTHON, "-c", code, &api.port.to_string()]);
     assert_eq!(
