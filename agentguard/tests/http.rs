@@ -63,6 +63,18 @@ class H(http.server.BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         if self.headers.get("upgrade"):
             self.upgrade()
+        elif "watch=true" in self.path:
+            # A Kubernetes watch: one JSON event per line, open-ended.
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("connection", "close")
+            self.end_headers()
+            for name in ["web-1", "web-2"]:
+                ev = {"type": "ADDED", "object": {"kind": "Pod", "metadata": {"name": name,
+                      "annotations": {"owner": name + "@example.com"}}}}
+                self.wfile.write(json.dumps(ev).encode() + b"\n")
+                self.wfile.flush(); time.sleep(0.2)
+            self.close_connection = True
         elif path == "/plain":
             self.send(200, "text/plain", b"hello from the server\n")
             # ?drop: close the keep-alive connection without notice, as a
@@ -826,4 +838,20 @@ fn k8s_exec_is_held_for_approval_then_denied() {
         "{out}"
     );
     assert!(out.contains("\"kind\":\"Status\""), "{out}");
+
+    // A watch streams line by line, each event masked.
+    let url = format!(
+        "http://127.0.0.1:{}/api/v1/namespaces/default/pods?watch=true",
+        api.port
+    );
+    let (out, log) = curl(&config, &["-N", &url]);
+    assert!(out.contains(" 200"), "{out}\n{log}");
+    let body = out.split("\r\n\r\n").nth(1).expect("body");
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines.len(), 2, "{body}");
+    assert!(
+        lines[0].contains("\"name\":\"web-1\"") && lines[1].contains("\"name\":\"web-2\""),
+        "{body}"
+    );
+    assert!(!body.contains("@example.com"), "{body}");
 }

@@ -35,6 +35,9 @@ const MAX_EVENT: usize = 1 << 20;
 pub enum Class {
     Json,
     EventStream,
+    /// One JSON document per line: NDJSON, and Kubernetes watch streams
+    /// (each line masked as a tree, and sent as soon as it is complete).
+    Lines,
     Text,
     /// Images, archives, octet streams: passed as they are.
     Opaque,
@@ -51,7 +54,10 @@ pub fn classify(headers: &HeaderMap) -> Class {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    if super::input::is_json(Some(&mime)) {
+    let streamed = ct.to_ascii_lowercase().contains("stream=watch");
+    if matches!(mime.as_str(), "application/x-ndjson" | "application/jsonl") || streamed {
+        Class::Lines
+    } else if super::input::is_json(Some(&mime)) {
         Class::Json
     } else if mime == "text/event-stream" {
         Class::EventStream
@@ -61,8 +67,6 @@ pub fn classify(headers: &HeaderMap) -> Class {
             mime.as_str(),
             "application/xml"
                 | "application/javascript"
-                | "application/x-ndjson"
-                | "application/jsonl"
                 | "application/x-www-form-urlencoded"
                 | "application/yaml"
                 | "application/graphql-response+json"
@@ -218,6 +222,11 @@ fn event_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// Where a line ends: just past its `\n`.
+fn line_end(buf: &[u8]) -> Option<usize> {
+    buf.iter().position(|&b| b == b'\n').map(|p| p + 1)
+}
+
 /// The body the agent receives: frames from the masking task.
 pub struct ChannelBody {
     rx: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
@@ -322,6 +331,34 @@ impl Task<'_> {
         }
     }
 
+    /// Masks one SSE event or one line: a line that is JSON as a tree (so
+    /// `field:` rules apply), anything else as text.
+    fn mask_unit(&mut self, class: Class, unit: &[u8], out: &mut Vec<u8>) {
+        if class == Class::Lines {
+            let body = unit.trim_ascii_end();
+            if let Ok(mut v) = serde_json::from_slice::<Value>(body) {
+                let mut fs = Vec::new();
+                let root = &mut String::from("$");
+                if mask_json(self.engine, self.sel, &mut v, None, root, &mut fs) {
+                    self.note(&fs);
+                    if let Ok(b) = serde_json::to_vec(&v) {
+                        out.extend_from_slice(&b);
+                        out.extend_from_slice(&unit[body.len()..]);
+                        return;
+                    }
+                } else {
+                    out.extend_from_slice(unit);
+                    return;
+                }
+            }
+        }
+        let m = self
+            .engine
+            .mask_bytes(unit, &FieldContext::text(), self.sel);
+        self.note(&m.findings);
+        out.extend_from_slice(&m.value);
+    }
+
     async fn send(&self, data: Vec<u8>) -> Result<(), BoxError> {
         if data.is_empty() {
             return Ok(());
@@ -392,36 +429,31 @@ impl Task<'_> {
                     self.send(out).await?;
                 }
             }
-            Class::EventStream => {
+            Class::EventStream | Class::Lines => {
+                let split = if class == Class::Lines {
+                    line_end
+                } else {
+                    event_end
+                };
                 let mut buf: Vec<u8> = Vec::new();
                 while let Some(c) = next(&mut body, &mut dec, &mut trailers).await? {
                     buf.extend_from_slice(&c);
                     let mut out = Vec::new();
-                    while let Some(end) = event_end(&buf) {
-                        let event: Vec<u8> = buf.drain(..end).collect();
-                        let m = self
-                            .engine
-                            .mask_bytes(&event, &FieldContext::text(), self.sel);
-                        self.note(&m.findings);
-                        out.extend_from_slice(&m.value);
+                    while let Some(end) = split(&buf) {
+                        let unit: Vec<u8> = buf.drain(..end).collect();
+                        self.mask_unit(class, &unit, &mut out);
                     }
                     if buf.len() > MAX_EVENT {
-                        let m = self
-                            .engine
-                            .mask_bytes(&buf, &FieldContext::text(), self.sel);
-                        self.note(&m.findings);
-                        out.extend_from_slice(&m.value);
-                        buf.clear();
+                        let unit = std::mem::take(&mut buf);
+                        self.mask_unit(Class::Text, &unit, &mut out);
                     }
-                    // Each event leaves as soon as it is complete: streaming
-                    // latency is one event, not one body.
+                    // Each event (line) leaves as soon as it is complete:
+                    // streaming latency is one event, not one body.
                     self.send(out).await?;
                 }
-                let m = self
-                    .engine
-                    .mask_bytes(&buf, &FieldContext::text(), self.sel);
-                self.note(&m.findings);
-                let out = m.value.into_owned();
+                let mut out = Vec::new();
+                let unit = std::mem::take(&mut buf);
+                self.mask_unit(class, &unit, &mut out);
                 self.send(out).await?;
             }
             Class::Text | Class::Opaque => {
@@ -469,6 +501,16 @@ mod tests {
             "text/event-stream".parse().expect("v"),
         );
         assert_eq!(classify(&h), Class::EventStream);
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/json;stream=watch".parse().expect("v"),
+        );
+        assert_eq!(classify(&h), Class::Lines);
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/x-ndjson".parse().expect("v"),
+        );
+        assert_eq!(classify(&h), Class::Lines);
         h.insert(header::CONTENT_TYPE, "image/png".parse().expect("v"));
         assert_eq!(classify(&h), Class::Opaque);
         h.insert(header::CONTENT_ENCODING, "br".parse().expect("v"));
@@ -503,6 +545,31 @@ mod tests {
         assert!(!s.contains("4111111111111111"), "{s}");
         assert_ne!(v["user"]["note"], "anything");
         assert_eq!(v["user"]["id"], 7);
+    }
+
+    #[test]
+    fn lines_masked_as_json_trees_or_text() {
+        let e = Engine::new(&MaskConfig::default()).expect("engine");
+        let sel = e.selection(None, &["email"]).expect("sel");
+        let (tx, _rx) = mpsc::channel(1);
+        let mut task = Task {
+            engine: &e,
+            sel: &sel,
+            tx,
+            findings: BTreeMap::new(),
+        };
+        let mut out = Vec::new();
+        task.mask_unit(Class::Lines, b"{\"a\": \"x@example.com\"}\n", &mut out);
+        task.mask_unit(Class::Lines, b"{\"a\": 1}\n", &mut out);
+        task.mask_unit(Class::Lines, b"not json y@example.com\n", &mut out);
+        let s = String::from_utf8(out).expect("utf8");
+        assert_eq!(s.lines().count(), 3, "{s}");
+        assert!(!s.contains("@example.com"), "{s}");
+        assert!(
+            s.contains("{\"a\": 1}\n"),
+            "untouched lines keep their bytes: {s}"
+        );
+        assert_eq!(task.findings.get("email"), Some(&2));
     }
 
     #[test]

@@ -256,6 +256,9 @@ impl Session {
             detect_sel,
         );
         let is_llm = matches!(request, decide::Request::Llm(_));
+        // A watch answers with one JSON object per event, for as long as
+        // it lasts: masked line by line, never buffered whole.
+        let is_watch = matches!(&request, decide::Request::K8s(k) if k.verb == "watch");
         if is_llm && !complete {
             let reason = format!(
                 "LLM request body over {} bytes cannot be inspected",
@@ -399,10 +402,10 @@ impl Session {
             || rparts.status.is_informational()
             || rparts.status == StatusCode::NO_CONTENT
             || rparts.status == StatusCode::NOT_MODIFIED;
-        let class = if bodiless {
-            mask::Class::Opaque
-        } else {
-            mask::classify(&rparts.headers)
+        let class = match (bodiless, mask::classify(&rparts.headers)) {
+            (true, _) => mask::Class::Opaque,
+            (false, mask::Class::Json) if is_watch => mask::Class::Lines,
+            (false, c) => c,
         };
         if class == mask::Class::Opaque {
             return Response::from_parts(rparts, incoming(rbody));
