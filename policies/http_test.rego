@@ -59,3 +59,19 @@ test_write_exception_is_limited_to_its_target if {
 	other := target("payments-api", "http", ["production"])
 	action(doc(other, http("POST", "/v1/drafts/42"))) == "deny" with data.settings.http.write_exceptions as exceptions
 }
+
+# TLS passthrough: the proxy decides the ClientHello as kind connect with sni.
+test_passthrough_sni_to_configured_target_allowed if {
+	action(doc(api, {"kind": "connect", "sni": "api.internal", "alpn": ["h2"], "tls": "passthrough"})) == "allow"
+}
+
+test_passthrough_sni_to_unconfigured_target_denied if {
+	unknown := {"ip": "203.0.113.9", "port": 443, "name": null, "protocol": "tcp", "host": null, "labels": []}
+	action(doc(unknown, {"kind": "connect", "sni": "example.com", "tls": "passthrough"})) == "deny"
+}
+
+# The proxy's http input carries scheme, redacted headers and entities.
+test_https_get_with_redacted_credentials_allowed if {
+	req := object.union(http("GET", "/v1/invoices"), {"scheme": "https", "headers": {"authorization": "Bearer [redacted]"}, "entities": []})
+	action(doc(api, req)) == "allow"
+}

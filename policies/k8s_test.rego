@@ -71,3 +71,20 @@ test_rbac_change_needs_approval if {
 test_rbac_read_allowed if {
 	action(doc(cluster, k8s("list", "rolebindings", "default", null, null))) == "allow"
 }
+
+# The proxy's full k8s input (version, resource_request, method, path).
+test_full_proxy_input_for_namespace_delete if {
+	req := {
+		"kind": "k8s", "verb": "delete", "group": "", "version": "v1", "resource": "namespaces",
+		"subresource": null, "namespace": null, "name": "x", "resource_request": true,
+		"method": "DELETE", "path": "/api/v1/namespaces/x",
+	}
+	d := decide(doc(cluster, req))
+	d.action == "deny"
+	contains(d.reason, "deleting namespaces is not allowed (x)")
+}
+
+test_discovery_allowed if {
+	req := {"kind": "k8s", "verb": "get", "group": "", "version": "v1", "resource": null, "resource_request": false, "method": "GET", "path": "/api/v1"}
+	action(doc(cluster, req)) == "allow"
+}

@@ -3,7 +3,8 @@
 //! Reading order for one connection: `redirect.rs` (kernel programs and the
 //! origin map) → `proxy.rs` (accept, origin, decision, upstream, copy) →
 //! `identity.rs` → `decide.rs` → the protocol guards: `pg.rs` (PostgreSQL),
-//! `http.rs` (HTTP, HTTPS, LLM APIs, the Kubernetes API). `exec.rs` and `daemon.rs` wire them up.
+//! `http.rs` (HTTP, HTTPS, LLM APIs, the Kubernetes API). `exec.rs` and
+//! `daemon.rs` wire them up.
 
 // The modules live in the library (lib.rs) so benches can reach them.
 use std::{path::PathBuf, process::ExitCode};
