@@ -402,6 +402,15 @@ print(req(b"GET /plain HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
         "echoed whole"
     );
 
+    // curl --http2 on cleartext asks for an h2c upgrade: refused quietly
+    // (the server never sees it), so every request stays visible.
+    let (out, log) = curl(
+        &config,
+        &["--http2", &format!("http://127.0.0.1:{}/plain", api.port)],
+    );
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}\n{log}");
+    assert!(out.ends_with("hello from the server\n"), "{out}");
+
     // Upgrade: decided like a request, then raw bytes both ways.
     let code = r#"
 import socket, sys

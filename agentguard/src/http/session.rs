@@ -188,7 +188,15 @@ impl Session {
     }
 
     async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
-        let upgrade = is_upgrade(req.headers());
+        let mut upgrade = is_upgrade(req.headers());
+        if upgrade.as_deref() == Some("h2c") {
+            // An h2c upgrade would turn the rest of the connection into
+            // bytes no request decision sees: the request goes on as
+            // HTTP/1.1 without it (which RFC 9113 allows the server anyway).
+            strip_hop_by_hop(req.headers_mut(), false);
+            req.headers_mut().remove("http2-settings");
+            upgrade = None;
+        }
         let on_agent_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let agent_version = parts.version;
