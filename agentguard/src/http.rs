@@ -144,6 +144,8 @@ pub struct Conn {
     pub connect_timeout: Duration,
     /// The original destination (for dialling the server again).
     pub dst: SocketAddr,
+    /// What the agent's ClientHello named; set by the TLS step.
+    pub sni: Option<String>,
 }
 
 /// Serves one agent connection until it closes.
@@ -193,7 +195,7 @@ fn plain_redial(conn: &Conn) -> upstream::Redial {
 }
 
 async fn tls_session(
-    conn: Conn,
+    mut conn: Conn,
     mut client: TcpStream,
     mut buf: BytesMut,
     mut upstream: TcpStream,
@@ -205,6 +207,7 @@ async fn tls_session(
             return Err(e.into());
         }
     };
+    conn.sni.clone_from(&hello.sni);
     if conn.tls == TlsMode::Passthrough {
         let request = Request::TlsConnect(TlsConnect {
             sni: hello.sni.clone(),

@@ -209,6 +209,14 @@ fn status(config: &Config) -> anyhow::Result<()> {
     }
     println!("bpffs:     {}", config.bpffs_dir.display());
     println!("state:     {}", config.state_dir.display());
+    let ca = agentguard::http::tls::ca_dir(&config.state_dir).join("ca.crt");
+    if ca.exists() {
+        println!("tls ca:    {} (HTTPS interception on)", ca.display());
+    } else {
+        println!(
+            "tls ca:    none — HTTPS to http/llm/k8s targets is refused; `agentguard ca init`"
+        );
+    }
     println!("policies:  {}", config.policy_dir.display());
     for line in policy::status_lines(&config.run_dir, daemon::running(&config.run_dir).is_some()) {
         println!("{line}");

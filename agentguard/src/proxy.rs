@@ -227,6 +227,7 @@ impl Proxy {
                         approval_timeout: Duration::from_secs(self.config.approval_timeout_secs),
                         connect_timeout: timeout,
                         dst,
+                        sni: None,
                     };
                     if let Err(e) = http::run(conn, client, upstream).await {
                         warn!("http session closed: {e}");

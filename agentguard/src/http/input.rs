@@ -27,6 +27,10 @@ pub struct HttpRequest {
     /// "http" or "https" (as the agent sees it).
     pub scheme: &'static str,
     pub host: String,
+    /// The TLS server name the agent asked for (intercepted HTTPS only);
+    /// `host` is what the server routes on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
     pub path: String,
     pub query: String,
     /// Lower-case names; repeated headers joined with ", "; credentials
@@ -148,6 +152,7 @@ pub struct Parts<'a> {
     pub method: &'a str,
     pub scheme: &'static str,
     pub host: &'a str,
+    pub sni: Option<&'a str>,
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
@@ -178,6 +183,7 @@ pub fn build(
         method: parts.method.to_owned(),
         scheme: parts.scheme,
         host: parts.host.to_owned(),
+        sni: parts.sni.map(str::to_owned),
         path: parts.path.to_owned(),
         query: parts.query.unwrap_or("").to_owned(),
         headers: redacted_headers(parts.headers),
@@ -383,6 +389,7 @@ mod tests {
             method: "POST",
             scheme: "https",
             host: "api.openai.com",
+            sni: None,
             path,
             query: None,
             headers,
@@ -459,6 +466,13 @@ mod tests {
             panic!("http kind");
         };
         assert_eq!(r.body, Some(serde_json::json!({"a": 1})));
+        let json = serde_json::to_value(Request::Http(r.clone())).expect("json");
+        assert!(json.get("sni").is_none(), "absent unless TLS: {json}");
+        let mut p = parts("/v1/invoices", &h, None);
+        p.sni = Some("api.internal");
+        let json = serde_json::to_value(build(Protocol::Http, &p, &e, &detect)).expect("json");
+        assert_eq!(json["sni"], "api.internal");
+        assert_eq!(json["kind"], "http");
         assert!(r.entities.is_empty());
         // Any path on an llm target is an llm request.
         assert!(matches!(

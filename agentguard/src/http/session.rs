@@ -253,6 +253,7 @@ impl Session {
                 method: parts.method.as_str(),
                 scheme: self.scheme,
                 host: &host,
+                sni: self.conn.sni.as_deref(),
                 path: &path,
                 query: query.as_deref(),
                 headers: &parts.headers,
