@@ -435,7 +435,8 @@ fn shipped_policies_run_on_the_vm() {
     let b = Bundle::compile_with(&files, DEFAULT_BUDGET, true).expect("compile policies/");
     assert_eq!(b.path(), EvalPath::Vm, "{}", b.path_description());
     assert_eq!(b.connect_uncacheable, None);
-    let e = engine_on(&dir, true);
+    // No state file: it would land in the repository's policies/ folder.
+    let e = PolicyEngine::with_options(Origin::Dir(dir.clone()), None, SLACK, true);
     let state = e.state();
     assert_eq!(state.engine.as_deref(), Some("rvm (bytecode VM)"));
     assert_eq!(state.connect_cache.as_deref(), Some("on"));
