@@ -246,10 +246,7 @@ fn looping_policy_denies_within_budget_and_engine_keeps_serving() {
             "{path:?}: {}",
             d.reason
         );
-        assert!(
-            took < DEFAULT_BUDGET * 4,
-            "{path:?} took {took:?}"
-        );
+        assert!(took < DEFAULT_BUDGET * 4, "{path:?} took {took:?}");
         assert_eq!(
             e.decide_value(input("{}")).action,
             Action::Allow,
