@@ -53,6 +53,8 @@ pub struct Config {
     pub listener: Listener,
     #[serde(default)]
     pub dns: Dns,
+    #[serde(default)]
+    pub audit: Audit,
     /// The mask engine's configuration (agentguard-mask `MaskConfig`):
     /// threshold, hash key, default selection, custom patterns, per-target
     /// overrides.
@@ -157,6 +159,69 @@ pub enum Protocol {
     Tcp,
 }
 
+/// `[audit]`: the decision log and session recordings in
+/// `<state_dir>/agentguard.redb`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    /// Records older than this are deleted in the background.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u64,
+    /// Oldest records are deleted (and the file compacted) past this size.
+    #[serde(default = "default_max_db_bytes")]
+    pub max_db_bytes: u64,
+    /// When the writer falls behind and the queue is full: slow the data
+    /// path down (`block`) or refuse new requests (`deny`).
+    #[serde(default)]
+    pub on_overload: OnOverload,
+    /// Records waiting for the writer, at most.
+    #[serde(default = "default_audit_queue")]
+    pub queue: usize,
+    /// Result rows recorded per statement (the rest are counted).
+    #[serde(default = "default_record_rows")]
+    pub record_rows: usize,
+    /// Result bytes recorded per statement.
+    #[serde(default = "default_record_bytes")]
+    pub record_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOverload {
+    #[default]
+    Block,
+    Deny,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Self {
+            retention_days: default_retention_days(),
+            max_db_bytes: default_max_db_bytes(),
+            on_overload: OnOverload::Block,
+            queue: default_audit_queue(),
+            record_rows: default_record_rows(),
+            record_bytes: default_record_bytes(),
+        }
+    }
+}
+
+fn default_retention_days() -> u64 {
+    30
+}
+fn default_max_db_bytes() -> u64 {
+    1 << 30
+}
+fn default_audit_queue() -> usize {
+    10_000
+}
+fn default_record_rows() -> usize {
+    1000
+}
+fn default_record_bytes() -> usize {
+    1 << 20
+}
+
 #[derive(Debug, Clone)]
 pub struct ResolvedTarget {
     pub index: usize,
@@ -208,6 +273,7 @@ impl Default for Config {
             approval_timeout_secs: default_approval_timeout(),
             listener: Listener::default(),
             dns: Dns::default(),
+            audit: Audit::default(),
             mask: agentguard_mask::MaskConfig::default(),
             masker: Masker::default(),
             agents: Vec::new(),
@@ -257,6 +323,12 @@ impl Config {
             key: key.to_owned(),
             message,
         };
+        if self.audit.queue == 0 {
+            return Err(ConfigError::Parse {
+                path: path.to_owned(),
+                message: "[audit] queue must be at least 1".into(),
+            });
+        }
         for agent in &self.agents {
             let set = usize::from(agent.cgroup.is_some()) + usize::from(agent.unit.is_some());
             if set != 1 {
@@ -440,6 +512,23 @@ labels = ["production"]
             msg.contains("line 4") && msg.contains("targets.address"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn audit_defaults_and_overrides() {
+        let config = parse("").expect("empty config");
+        assert_eq!(config.audit.retention_days, 30);
+        assert_eq!(config.audit.max_db_bytes, 1 << 30);
+        assert_eq!(config.audit.on_overload, OnOverload::Block);
+        assert_eq!(config.audit.queue, 10_000);
+        let config = parse("[audit]\nretention_days = 7\non_overload = \"deny\"\nqueue = 16\n")
+            .expect("audit config");
+        assert_eq!(config.audit.retention_days, 7);
+        assert_eq!(config.audit.on_overload, OnOverload::Deny);
+        assert_eq!(config.audit.queue, 16);
+        let err = parse("[audit]\nretention = 7\n").expect_err("typo must fail");
+        assert!(err.to_string().contains("retention"), "{err}");
+        assert!(parse("[audit]\non_overload = \"drop\"\n").is_err());
     }
 
     #[test]

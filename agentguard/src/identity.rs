@@ -5,11 +5,11 @@
 use std::{collections::HashMap, fs, path::Path, sync::RwLock};
 
 use agentguard_common::Origin;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{cgroup, config::Config};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Identity {
     pub uid: u32,
     pub gid: u32,

@@ -2,6 +2,7 @@
 //! build on it. Module names are those of the files; see main.rs for the
 //! reading order.
 
+pub mod audit;
 pub mod bpfsys;
 pub mod cgroup;
 pub mod config;

@@ -1,0 +1,558 @@
+//! The audit log and session recordings: every decision tied to the identity
+//! that asked, every guarded connection replayable as the agent saw it.
+//!
+//! The data path hands records to a [`Recorder`] (cheap to clone); a bounded
+//! channel carries them to one writer thread that commits them to
+//! `<state_dir>/agentguard.redb` in batches (up to 512 records, or what
+//! arrived within 50 ms of the first). The data path waits on the disk only
+//! when the queue is full: then `on_overload = "block"` waits for room and
+//! `"deny"` returns [`AuditError::Overloaded`] for decisions, which the
+//! caller turns into a deny. Nothing is dropped silently: a commit that
+//! fails is retried (the queue fills, and overload handling applies), and
+//! decisions refused for overload are counted, logged and summed up in a
+//! record once the writer catches up.
+//!
+//! Trade-off: a record is durable up to ~50 ms after the request was
+//! answered; a crash of the process in that window loses those records.
+//!
+//! Files: `record.rs` (what is stored), `store.rs` (redb tables, queries,
+//! retention), `writer.rs` (the batching thread), `result.rs` (recording one
+//! response's rows under a cap), `cli.rs` (`audit`, `sessions`, `replay`),
+//! `time.rs`.
+
+pub mod cli;
+pub mod record;
+pub mod result;
+pub mod store;
+pub mod time;
+mod writer;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+pub use record::{
+    DecisionId, DecisionRecord, Frame, FrameRecord, RequestSummary, SessionCounts, SessionRecord,
+};
+pub use result::ResultRecorder;
+use store::Write;
+
+use crate::{
+    config::{Config, OnOverload},
+    decide::Target,
+    identity::Identity,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error(
+        "audit queue full ({0} records waiting): the audit writer is behind, request refused (on_overload = \"deny\")"
+    )]
+    Overloaded(usize),
+    #[error("the audit writer has stopped; nothing more can be recorded")]
+    Closed,
+    #[error("cannot create the audit folder {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the audit database {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error(
+        "no audit database at {0}: nothing has been recorded with this state_dir yet (check --config / state_dir)"
+    )]
+    NoDatabase(PathBuf),
+    #[error("audit database: {0}")]
+    Db(#[from] redb::Error),
+    #[error("cannot encode an audit record: {0}")]
+    Encode(serde_json::Error),
+    #[error("a stored audit record does not decode: {0}")]
+    Decode(serde_json::Error),
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl AuditError {
+    fn open(path: &Path, e: redb::DatabaseError) -> Self {
+        let hint = match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                " (held exclusively by another process)".to_owned()
+            }
+            redb::DatabaseError::Storage(redb::StorageError::Io(ref io))
+                if io.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                " (permission denied: run as root or point --config at a readable state_dir)"
+                    .to_owned()
+            }
+            _ => String::new(),
+        };
+        Self::Open {
+            path: path.to_owned(),
+            message: format!("{e}{hint}"),
+        }
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for AuditError {
+            fn from(e: $t) -> Self {
+                Self::Db(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Counters of the recorder, shared with the writer (and shown by `status`).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub written: AtomicU64,
+    pub batches: AtomicU64,
+    /// Times a record found the queue full.
+    pub queue_full: AtomicU64,
+    /// Decisions refused because the queue was full (on_overload = deny).
+    pub overload_denied: AtomicU64,
+    /// Of those, not yet summed up in a record.
+    pub overload_unrecorded: AtomicU64,
+    pub write_errors: AtomicU64,
+    pub expired: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, Default)]
+pub struct StatsSnapshot {
+    pub path: String,
+    pub written: u64,
+    pub batches: u64,
+    pub queue_full: u64,
+    pub overload_denied: u64,
+    pub write_errors: u64,
+    pub expired: u64,
+    pub queued: usize,
+    pub file_bytes: u64,
+}
+
+/// Where the guard's records go. Clone it freely; a disabled one records
+/// nothing (tests, tools that do not audit).
+#[derive(Clone)]
+pub struct Recorder {
+    inner: Option<Arc<Inner>>,
+}
+
+struct Inner {
+    tx: mpsc::Sender<Write>,
+    on_overload: OnOverload,
+    capacity: usize,
+    stats: Arc<Stats>,
+    path: PathBuf,
+    last_id: AtomicU64,
+    next_seq: AtomicU64,
+    record_rows: usize,
+    record_bytes: usize,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.inner {
+            Some(i) => write!(f, "Recorder({})", i.path.display()),
+            None => f.write_str("Recorder(disabled)"),
+        }
+    }
+}
+
+/// The writer thread; [`AuditWriter::close`] drains the queue and stops it.
+/// Dropped without `close`, the thread ends once every [`Recorder`] is gone.
+pub struct AuditWriter {
+    thread: Option<std::thread::JoinHandle<()>>,
+    tx: mpsc::Sender<Write>,
+}
+
+impl AuditWriter {
+    /// Writes everything queued so far and stops the writer. Records sent
+    /// after this fail with [`AuditError::Closed`].
+    pub async fn close(mut self) {
+        let _ = self.tx.send(Write::Close).await;
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+/// Options beyond the config's `[audit]`.
+#[derive(Default)]
+pub struct OpenOptions {
+    /// Where the writer keeps its counters for `agentguard status`.
+    pub stats_file: Option<PathBuf>,
+    /// How often retention runs (default 60 s).
+    pub retention_interval: Option<std::time::Duration>,
+}
+
+/// Opens the database in `dir` and starts its writer.
+pub fn open(
+    dir: &Path,
+    config: &Config,
+    options: OpenOptions,
+) -> Result<(Recorder, AuditWriter), AuditError> {
+    let store = store::Store::open(dir)?;
+    let path = store.path().to_owned();
+    let capacity = config.audit.queue.max(1);
+    let (tx, rx) = mpsc::channel(capacity);
+    let stats = Arc::new(Stats::default());
+    let thread = writer::spawn(writer::Writer {
+        store,
+        rx,
+        stats: Arc::clone(&stats),
+        retention: writer::Retention {
+            max_age_ns: config
+                .audit
+                .retention_days
+                .saturating_mul(86_400 * 1_000_000_000),
+            max_bytes: config.audit.max_db_bytes,
+            interval: options
+                .retention_interval
+                .unwrap_or(std::time::Duration::from_secs(60)),
+        },
+        masker: config.masker.0.clone(),
+        stats_file: options.stats_file,
+        capacity,
+    })
+    .map_err(|source| AuditError::Dir {
+        path: path.clone(),
+        source,
+    })?;
+    let recorder = Recorder {
+        inner: Some(Arc::new(Inner {
+            tx: tx.clone(),
+            on_overload: config.audit.on_overload,
+            capacity,
+            stats,
+            path,
+            last_id: AtomicU64::new(0),
+            next_seq: AtomicU64::new(0),
+            record_rows: config.audit.record_rows,
+            record_bytes: config.audit.record_bytes,
+        })),
+    };
+    Ok((
+        recorder,
+        AuditWriter {
+            thread: Some(thread),
+            tx,
+        },
+    ))
+}
+
+/// The state folder `exec` records to: the config's when it is writable
+/// (root), else a per-user one.
+pub fn writable_state_dir(config: &Config) -> PathBuf {
+    let wanted = &config.state_dir;
+    if std::fs::create_dir_all(wanted).is_ok() && dir_writable(wanted) {
+        return wanted.clone();
+    }
+    let fallback = user_state_dir();
+    warn!(
+        state_dir = %wanted.display(),
+        fallback = %fallback.display(),
+        "state_dir is not writable; recording to a per-user folder"
+    );
+    fallback
+}
+
+/// `$XDG_STATE_HOME/agentguard` or `~/.local/state/agentguard`.
+pub fn user_state_dir() -> PathBuf {
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("agentguard-{}", unsafe_uid())))
+        .join("agentguard")
+}
+
+fn dir_writable(dir: &Path) -> bool {
+    let probe = dir.join(format!(".agentguard-probe-{}", std::process::id()));
+    let ok = std::fs::write(&probe, b"").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
+fn unsafe_uid() -> u32 {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc::getuid() }
+}
+
+/// The connection a record belongs to, and where its frames go next.
+#[derive(Clone)]
+pub struct SessionHandle {
+    recorder: Recorder,
+    pub id: u64,
+    next_frame: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Session({})", self.id)
+    }
+}
+
+impl Recorder {
+    pub fn disabled() -> Self {
+        Self { inner: None }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// A new id for a connection: microseconds since the epoch (strictly
+    /// increasing in this process) with the low 12 bits of the pid, so ids
+    /// sort by start time and two processes never hand out the same one.
+    pub fn new_session_id(&self) -> u64 {
+        let pid = u64::from(std::process::id()) & 0xfff;
+        let now_us = time::now_ns() / 1000;
+        let Some(inner) = &self.inner else {
+            return (now_us << 12) | pid;
+        };
+        let mut prev = inner.last_id.load(Ordering::Relaxed);
+        loop {
+            let next = now_us.max(prev + 1);
+            match inner.last_id.compare_exchange_weak(
+                prev,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return (next << 12) | pid,
+                Err(p) => prev = p,
+            }
+        }
+    }
+
+    /// A handle for the frames of connection `id` (from
+    /// [`Self::new_session_id`]).
+    pub fn session(&self, id: u64) -> SessionHandle {
+        SessionHandle {
+            recorder: self.clone(),
+            id,
+            next_frame: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Records a decision. `Err` only for on_overload = "deny" with a full
+    /// queue (the caller must then deny) or a stopped writer.
+    pub async fn decision(&self, record: DecisionRecord) -> Result<DecisionId, AuditError> {
+        self.decision_in(None, record).await
+    }
+
+    async fn decision_in(
+        &self,
+        session: Option<&SessionHandle>,
+        mut record: DecisionRecord,
+    ) -> Result<DecisionId, AuditError> {
+        let Some(inner) = &self.inner else {
+            return Ok(DecisionId {
+                time_ns: time::now_ns(),
+                seq: 0,
+            });
+        };
+        if record.time_ns == 0 {
+            record.time_ns = time::now_ns();
+        }
+        let id = DecisionId {
+            time_ns: record.time_ns,
+            seq: (u64::from(std::process::id()) << 32)
+                | (inner.next_seq.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff),
+        };
+        record.id = Some(id);
+        if let Some(s) = session {
+            record.session_id = Some(s.id);
+        }
+        let frame_seq = session.map(|s| s.next_frame.fetch_add(1, Ordering::Relaxed));
+        let write = Write::Decision { record, frame_seq };
+        match inner.tx.try_send(write) {
+            Ok(()) => Ok(id),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(AuditError::Closed),
+            Err(mpsc::error::TrySendError::Full(write)) => {
+                inner.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                match inner.on_overload {
+                    OnOverload::Block => {
+                        warn!(
+                            queue = inner.capacity,
+                            "audit queue full: waiting for the writer (on_overload = block)"
+                        );
+                        inner
+                            .tx
+                            .send(write)
+                            .await
+                            .map_err(|_| AuditError::Closed)?;
+                        Ok(id)
+                    }
+                    OnOverload::Deny => {
+                        inner.stats.overload_denied.fetch_add(1, Ordering::Relaxed);
+                        inner
+                            .stats
+                            .overload_unrecorded
+                            .fetch_add(1, Ordering::Relaxed);
+                        if let Write::Decision { record, .. } = &write {
+                            // The record cannot be queued: the log line is
+                            // its trace, and the writer sums such refusals up.
+                            warn!(
+                                agent = record.agent().unwrap_or("-"),
+                                uid = record.identity.as_ref().map(|i| i.uid),
+                                request = %record.request.line(),
+                                "audit queue full: request denied (on_overload = deny)"
+                            );
+                        }
+                        Err(AuditError::Overloaded(inner.capacity))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Frames and session events are never refused: a connection already
+    /// under way keeps a complete recording, so they wait for room.
+    async fn send(&self, w: Write) {
+        let Some(inner) = &self.inner else { return };
+        match inner.tx.try_send(w) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                warn!("audit writer stopped; a record was not written");
+            }
+            Err(mpsc::error::TrySendError::Full(w)) => {
+                inner.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                if inner.tx.send(w).await.is_err() {
+                    warn!("audit writer stopped; a record was not written");
+                }
+            }
+        }
+    }
+
+    /// The counters, for status and tests.
+    pub fn stats(&self) -> Option<StatsSnapshot> {
+        let inner = self.inner.as_ref()?;
+        Some(writer::snapshot(
+            &inner.stats,
+            &inner.path,
+            inner.capacity - inner.tx.capacity(),
+        ))
+    }
+
+    #[cfg(test)]
+    async fn send_raw(&self, w: Write) {
+        if let Some(inner) = &self.inner {
+            let _ = inner.tx.send(w).await;
+        }
+    }
+
+    /// Resolves once everything sent before it is committed.
+    pub async fn flush(&self) {
+        let Some(inner) = &self.inner else { return };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if inner.tx.send(Write::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+impl SessionHandle {
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+
+    /// The connection was allowed and is starting.
+    pub async fn start(&self, identity: Option<&Identity>, target: Option<&Target>) {
+        let now = time::now_ns();
+        self.recorder
+            .send(Write::SessionStart(SessionRecord {
+                id: self.id,
+                start_ns: now,
+                end_ns: None,
+                last_ns: now,
+                identity: identity.cloned(),
+                target: target.cloned(),
+                details: BTreeMap::new(),
+                counts: SessionCounts::default(),
+                error: None,
+            }))
+            .await;
+    }
+
+    /// Protocol facts learnt after the start (database, user, …). Never
+    /// pass credentials here.
+    pub async fn details(&self, details: BTreeMap<String, String>) {
+        self.recorder
+            .send(Write::SessionDetails {
+                id: self.id,
+                details,
+            })
+            .await;
+    }
+
+    /// A decision inside this session; its request becomes the next frame.
+    pub async fn decision(&self, record: DecisionRecord) -> Result<DecisionId, AuditError> {
+        self.recorder.decision_in(Some(self), record).await
+    }
+
+    pub async fn frame(&self, frame: Frame) {
+        let seq = self.next_frame.fetch_add(1, Ordering::Relaxed);
+        self.recorder
+            .send(Write::Frame {
+                session: self.id,
+                seq,
+                frame: FrameRecord {
+                    time_ns: time::now_ns(),
+                    frame,
+                },
+            })
+            .await;
+    }
+
+    /// The response to `decision` is complete.
+    pub async fn result(&self, decision: DecisionId, rows: u64, masks: BTreeMap<String, u64>) {
+        self.recorder
+            .send(Write::Result {
+                decision,
+                rows,
+                masks,
+            })
+            .await;
+    }
+
+    pub async fn end(&self, bytes_up: u64, bytes_down: u64, error: Option<String>) {
+        self.recorder
+            .send(Write::SessionEnd {
+                id: self.id,
+                time_ns: time::now_ns(),
+                bytes_up,
+                bytes_down,
+                error,
+            })
+            .await;
+    }
+
+    /// A recorder for one response's rows, capped by `[audit]`
+    /// record_rows / record_bytes.
+    pub fn result_recorder(&self, decision: DecisionId) -> ResultRecorder {
+        let (rows, bytes) = self
+            .recorder
+            .inner
+            .as_ref()
+            .map_or((0, 0), |i| (i.record_rows, i.record_bytes));
+        ResultRecorder::new(self.clone(), decision, rows, bytes)
+    }
+}

@@ -1,0 +1,543 @@
+//! The store and the writer on a real redb file in a temp folder.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use super::{
+    store::{Filter, Write},
+    *,
+};
+use crate::{
+    config::Protocol,
+    decide::{Action, Decision, Target},
+};
+
+fn identity(agent: &str, uid: u32) -> Identity {
+    Identity {
+        uid,
+        gid: uid,
+        user: Some(format!("user{uid}")),
+        pid: 42,
+        comm: "psql".into(),
+        exe: Some("/usr/bin/psql".into()),
+        cmdline: vec!["psql".into()],
+        cgroup: Some(format!("/agentguard/{agent}")),
+        cgroup_id: 7,
+        agent: Some(agent.into()),
+        unit: None,
+    }
+}
+
+fn target(name: &str) -> Target {
+    Target {
+        ip: "127.0.0.1".into(),
+        port: 5432,
+        name: Some(name.into()),
+        protocol: Protocol::Postgres,
+        host: Some("localhost".into()),
+        labels: vec![],
+    }
+}
+
+fn decision(action: Action) -> Decision {
+    Decision {
+        action,
+        reason: format!("{action:?} because"),
+        mask: vec!["email".into()],
+        policy_version: "v1".into(),
+    }
+}
+
+fn record(agent: &str, uid: u32, tgt: &str, action: Action, sql: &str) -> DecisionRecord {
+    DecisionRecord::new(
+        None,
+        Some(&identity(agent, uid)),
+        Some(&target(tgt)),
+        RequestSummary::Sql {
+            sql: sql.into(),
+            protocol: "simple".into(),
+            operations: vec!["select".into()],
+            tables: vec![],
+            database: Some("app".into()),
+            db_user: Some("postgres".into()),
+        },
+        &decision(action),
+        Duration::from_micros(120),
+    )
+}
+
+fn config(extra: &str) -> Config {
+    Config::parse(Path::new("t.toml"), extra).expect("config")
+}
+
+fn open_with(dir: &Path, cfg: &Config, interval: Option<Duration>) -> (Recorder, AuditWriter) {
+    super::open(
+        dir,
+        cfg,
+        OpenOptions {
+            stats_file: None,
+            retention_interval: interval,
+        },
+    )
+    .expect("open")
+}
+
+#[tokio::test]
+async fn batches_and_reads_back() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (rec, writer) = open_with(dir.path(), &config(""), None);
+    for i in 0..2000 {
+        rec.decision(record("coder", 1000, "db", Action::Allow, &format!("SELECT {i}")))
+            .await
+            .expect("queued");
+    }
+    rec.flush().await;
+    let stats = rec.stats().expect("enabled");
+    assert_eq!(stats.written, 2000);
+    assert!(
+        stats.batches <= 2000 / 100,
+        "records must be committed in batches, got {} commits",
+        stats.batches
+    );
+    let reader = store::Reader::open(dir.path()).expect("reader beside the writer");
+    let got = reader.decisions(&Default::default(), 10).expect("query");
+    assert_eq!(got.len(), 10);
+    // The newest ten, oldest first.
+    let sqls: Vec<String> = got.iter().map(|r| r.request.line()).collect();
+    assert_eq!(sqls.first().map(String::as_str), Some("SELECT 1990"));
+    assert_eq!(sqls.last().map(String::as_str), Some("SELECT 1999"));
+    writer.close().await;
+    // Closed: further records are refused, not lost silently.
+    assert!(matches!(
+        rec.decision(record("coder", 1, "db", Action::Allow, "x")).await,
+        Err(AuditError::Closed)
+    ));
+}
+
+#[tokio::test]
+async fn indexes_filter_and_order() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (rec, writer) = open_with(dir.path(), &config(""), None);
+    let base = time::now_ns() - 10_000_000_000;
+    for i in 0..300u64 {
+        let (agent, uid, tgt, action) = match i % 3 {
+            0 => ("coder", 1000, "app-db", Action::Allow),
+            1 => ("reviewer", 1001, "billing", Action::Deny),
+            _ => ("coder", 1002, "billing", Action::Allow),
+        };
+        let mut r = record(agent, uid, tgt, action, &format!("q{i}"));
+        r.time_ns = base + i * 1_000_000;
+        rec.decision(r).await.expect("queued");
+    }
+    rec.flush().await;
+    writer.close().await;
+    let reader = store::Reader::open(dir.path()).expect("reader");
+    let q = |f: Filter, limit| reader.decisions(&f, limit).expect("query");
+
+    let coder = q(
+        Filter {
+            agent: Some("coder".into()),
+            ..Default::default()
+        },
+        1000,
+    );
+    assert_eq!(coder.len(), 200);
+    assert!(coder.windows(2).all(|w| w[0].time_ns <= w[1].time_ns));
+
+    let denied = q(
+        Filter {
+            action: Some("deny".into()),
+            ..Default::default()
+        },
+        5,
+    );
+    assert_eq!(denied.len(), 5);
+    assert!(denied.iter().all(|r| r.action == Action::Deny));
+    assert_eq!(denied.last().map(|r| r.request.line()), Some("q298".into()));
+
+    // Two filters: one index scanned, the other checked.
+    let both = q(
+        Filter {
+            agent: Some("coder".into()),
+            target: Some("billing".into()),
+            ..Default::default()
+        },
+        1000,
+    );
+    assert_eq!(both.len(), 100);
+    assert!(both.iter().all(|r| r.identity.as_ref().map(|i| i.uid) == Some(1002)));
+    // Targets answer to ip:port too.
+    assert_eq!(
+        q(
+            Filter {
+                target: Some("127.0.0.1:5432".into()),
+                ..Default::default()
+            },
+            1000
+        )
+        .len(),
+        300
+    );
+    let by_uid = q(
+        Filter {
+            uid: Some(1001),
+            since_ns: Some(base + 150 * 1_000_000),
+            until_ns: Some(base + 200 * 1_000_000),
+            ..Default::default()
+        },
+        1000,
+    );
+    let lines: Vec<String> = by_uid.iter().map(|r| r.request.line()).collect();
+    assert_eq!(lines.first().map(String::as_str), Some("q151"));
+    assert_eq!(lines.last().map(String::as_str), Some("q199"));
+    assert!(
+        q(
+            Filter {
+                agent: Some("nobody".into()),
+                ..Default::default()
+            },
+            10
+        )
+        .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn sessions_frames_and_results() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (rec, writer) = open_with(dir.path(), &config(""), None);
+    let s = rec.session(rec.new_session_id());
+    let who = identity("coder", 0);
+    s.start(Some(&who), Some(&target("app-db"))).await;
+    s.details(BTreeMap::from([("database".into(), "app".into())]))
+        .await;
+    let mut r = record("coder", 0, "app-db", Action::Allow, "SELECT email FROM users");
+    r.session_id = Some(s.id);
+    let d = s.decision(r).await.expect("queued");
+    let mut rr = s.result_recorder(d);
+    rr.columns(vec!["email".into()]).await;
+    rr.row(Some(vec![Some("a***@example.com".into())])).await;
+    rr.masked([("email", 1)]);
+    rr.complete("SELECT 1".into()).await;
+    rr.finish().await;
+    s.decision(record("coder", 0, "app-db", Action::Deny, "DROP TABLE users"))
+        .await
+        .expect("queued");
+    s.end(10, 20, None).await;
+    rec.flush().await;
+
+    let reader = store::Reader::open(dir.path()).expect("reader");
+    let sessions = reader.sessions(&Default::default(), 10).expect("sessions");
+    assert_eq!(sessions.len(), 1);
+    let got = &sessions[0];
+    assert_eq!(got.id, s.id);
+    assert_eq!(got.details.get("database").map(String::as_str), Some("app"));
+    assert_eq!(
+        got.counts,
+        SessionCounts {
+            requests: 2,
+            allowed: 1,
+            denied: 1,
+            rows: 1,
+            masked: 1,
+            bytes_up: 10,
+            bytes_down: 20
+        }
+    );
+    assert!(got.end_ns.is_some());
+    let frames = reader.frames(s.id).expect("frames");
+    let kinds: Vec<&str> = frames
+        .iter()
+        .map(|f| match &f.frame {
+            Frame::Request { .. } => "request",
+            Frame::Columns { .. } => "columns",
+            Frame::Rows { .. } => "rows",
+            Frame::Complete { .. } => "complete",
+            Frame::Error { .. } => "error",
+            Frame::Text { .. } => "text",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["request", "columns", "rows", "complete", "request"],
+        "{frames:?}"
+    );
+    let decisions = reader.decisions(&Default::default(), 10).expect("decisions");
+    assert_eq!(decisions[0].masks.get("email"), Some(&1));
+    assert_eq!(decisions[0].rows, Some(1));
+    assert_eq!(decisions[0].session_id, Some(s.id));
+    writer.close().await;
+}
+
+#[tokio::test]
+async fn rows_past_the_cap_are_counted_not_stored() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (rec, writer) = open_with(dir.path(), &config("[audit]\nrecord_rows = 150\n"), None);
+    let s = rec.session(rec.new_session_id());
+    s.start(None, None).await;
+    let d = s
+        .decision(record("a", 0, "t", Action::Allow, "SELECT"))
+        .await
+        .expect("queued");
+    let mut rr = s.result_recorder(d);
+    for i in 0..400 {
+        let values = rr.wants_row().then(|| vec![Some(i.to_string())]);
+        rr.row(values).await;
+    }
+    rr.complete("SELECT 400".into()).await;
+    rr.finish().await;
+    rec.flush().await;
+    let reader = store::Reader::open(dir.path()).expect("reader");
+    let frames = reader.frames(s.id).expect("frames");
+    let stored: usize = frames
+        .iter()
+        .map(|f| match &f.frame {
+            Frame::Rows { rows } => rows.len(),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(stored, 150);
+    assert!(frames.iter().any(|f| f.frame
+        == Frame::Complete {
+            tag: "SELECT 400".into(),
+            rows: 400,
+            omitted: 250
+        }));
+    assert_eq!(
+        reader.decisions(&Default::default(), 1).expect("q")[0].rows,
+        Some(400)
+    );
+    writer.close().await;
+}
+
+#[tokio::test]
+async fn stored_sql_is_masked_and_passwords_blanked() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (rec, writer) = open_with(dir.path(), &config(""), None);
+    rec.decision(record(
+        "a",
+        0,
+        "t",
+        Action::Allow,
+        "INSERT INTO users VALUES ('planted.person@example.com', '4111 1111 1111 1111')",
+    ))
+    .await
+    .expect("queued");
+    rec.decision(record(
+        "a",
+        0,
+        "t",
+        Action::Deny,
+        "ALTER ROLE app PASSWORD 'sw0rdfish-planted'",
+    ))
+    .await
+    .expect("queued");
+    rec.flush().await;
+    writer.close().await;
+    let raw = std::fs::read(dir.path().join(store::FILE_NAME)).expect("file");
+    for planted in [
+        "planted.person@example.com",
+        "4111 1111 1111 1111",
+        "sw0rdfish-planted",
+    ] {
+        assert!(
+            !raw.windows(planted.len()).any(|w| w == planted.as_bytes()),
+            "{planted} is in the database file"
+        );
+    }
+}
+
+#[test]
+fn retention_by_age_removes_records_and_index_entries() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = store::Store::open(dir.path()).expect("store");
+    let old = time::now_ns() - 40 * 86_400_000_000_000;
+    let now = time::now_ns();
+    let batch: Vec<Write> = (0..51u64)
+        .map(|i| {
+            let mut r = record("coder", 1000, "db", Action::Allow, &format!("old {i}"));
+            r.time_ns = if i == 50 { now } else { old + i };
+            r.id = Some(DecisionId {
+                time_ns: r.time_ns,
+                seq: i,
+            });
+            Write::Decision {
+                record: r,
+                frame_seq: None,
+            }
+        })
+        .collect();
+    store.apply(&batch).expect("write");
+    let cutoff = time::now_ns() - 30 * 86_400_000_000_000;
+    let (n, more) = store.expire(cutoff, 20).expect("expire");
+    assert_eq!((n, more), (20, true), "bounded steps");
+    let (n, more) = store.expire(cutoff, 1000).expect("expire");
+    assert_eq!((n, more), (30, false));
+    drop(store);
+    let reader = store::Reader::open(dir.path()).expect("reader");
+    for f in [
+        Filter {
+            agent: Some("coder".into()),
+            ..Default::default()
+        },
+        Filter {
+            uid: Some(1000),
+            ..Default::default()
+        },
+        Filter {
+            action: Some("allow".into()),
+            ..Default::default()
+        },
+        Filter {
+            target: Some("db".into()),
+            ..Default::default()
+        },
+    ] {
+        let left = reader.decisions(&f, 100).expect("q");
+        assert_eq!(left.len(), 1, "{f:?}");
+        assert_eq!(left[0].request.line(), "old 50");
+    }
+    assert_eq!(reader.counts().expect("counts").0, 1);
+}
+
+#[tokio::test]
+async fn the_writer_expires_old_records_itself() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (rec, writer) = open_with(
+        dir.path(),
+        &config("[audit]\nretention_days = 1\n"),
+        Some(Duration::from_millis(10)),
+    );
+    let mut r = record("coder", 1000, "db", Action::Allow, "ancient");
+    r.time_ns = time::now_ns() - 2 * 86_400_000_000_000;
+    rec.decision(r).await.expect("queued");
+    rec.decision(record("coder", 1000, "db", Action::Allow, "fresh"))
+        .await
+        .expect("queued");
+    rec.flush().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    writer.close().await;
+    let reader = store::Reader::open(dir.path()).expect("reader");
+    let left = reader.decisions(&Default::default(), 10).expect("q");
+    let lines: Vec<String> = left.iter().map(|r| r.request.line()).collect();
+    assert_eq!(lines, ["fresh"]);
+}
+
+#[tokio::test]
+async fn retention_by_size_keeps_the_file_bounded() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let max = 1u64 << 20;
+    let cfg = config(&format!("[audit]\nmax_db_bytes = {max}\n"));
+    let (rec, writer) = open_with(dir.path(), &cfg, Some(Duration::from_millis(10)));
+    let filler = "x".repeat(2000);
+    for i in 0..2500 {
+        rec.decision(record(
+            "coder",
+            1000,
+            "db",
+            Action::Allow,
+            &format!("SELECT {i} /* {filler} */"),
+        ))
+        .await
+        .expect("queued");
+        if i % 250 == 0 {
+            rec.flush().await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+    rec.flush().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = rec.stats().expect("stats");
+    writer.close().await;
+    let len = std::fs::metadata(dir.path().join(store::FILE_NAME))
+        .expect("file")
+        .len();
+    // ~5 MB were written; the file stays near the limit.
+    assert!(
+        len <= max + max / 2,
+        "file is {len} bytes, limit {max}: {stats:?}"
+    );
+    let reader = store::Reader::open(dir.path()).expect("reader");
+    let (n, _, _) = reader.counts().expect("counts");
+    assert!(n < 2500, "oldest records were deleted ({n} left)");
+    let newest = reader.decisions(&Default::default(), 1).expect("q");
+    assert!(newest[0].request.line().starts_with("SELECT 2499 "));
+}
+
+#[tokio::test]
+async fn overload_deny_refuses_and_sums_up() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = config("[audit]\nqueue = 2\non_overload = \"deny\"\n");
+    let (rec, writer) = open_with(dir.path(), &cfg, None);
+    let (release, stalled) = std::sync::mpsc::channel();
+    rec.send_raw(Write::Stall(stalled)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for _ in 0..2 {
+        rec.decision(record("a", 0, "t", Action::Allow, "fits"))
+            .await
+            .expect("room in the queue");
+    }
+    let refused = rec
+        .decision(record("a", 0, "t", Action::Allow, "no room"))
+        .await;
+    assert!(matches!(refused, Err(AuditError::Overloaded(2))), "{refused:?}");
+    let _ = release.send(());
+    rec.flush().await;
+    let stats = rec.stats().expect("stats");
+    assert_eq!(stats.overload_denied, 1);
+    assert!(stats.queue_full >= 1);
+    let reader = store::Reader::open(dir.path()).expect("reader");
+    let all = reader.decisions(&Default::default(), 10).expect("q");
+    assert_eq!(all.len(), 3, "two records and the overload summary");
+    assert!(
+        all.iter()
+            .any(|r| r.action == Action::Deny && r.reason.contains("1 requests were denied")),
+        "{all:?}"
+    );
+    writer.close().await;
+}
+
+#[tokio::test]
+async fn overload_block_waits_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = config("[audit]\nqueue = 2\n");
+    let (rec, writer) = open_with(dir.path(), &cfg, None);
+    let (release, stalled) = std::sync::mpsc::channel();
+    rec.send_raw(Write::Stall(stalled)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r2 = rec.clone();
+    let sender = tokio::spawn(async move {
+        for i in 0..5 {
+            r2.decision(record("a", 0, "t", Action::Allow, &format!("q{i}")))
+                .await
+                .expect("block mode never refuses");
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!sender.is_finished(), "the caller waits for room");
+    let _ = release.send(());
+    sender.await.expect("sender");
+    rec.flush().await;
+    let reader = store::Reader::open(dir.path()).expect("reader");
+    assert_eq!(reader.decisions(&Default::default(), 10).expect("q").len(), 5);
+    assert!(rec.stats().expect("stats").queue_full >= 1);
+    writer.close().await;
+}
+
+#[test]
+fn session_ids_are_unique_and_increasing() {
+    let rec = Recorder::disabled();
+    let a = rec.new_session_id();
+    let b = rec.new_session_id();
+    assert_ne!(a, b);
+    let dir = tempfile::tempdir().expect("tmp");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let (rec, writer) = open_with(dir.path(), &config(""), None);
+        let ids: Vec<u64> = (0..1000).map(|_| rec.new_session_id()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        writer.close().await;
+    });
+}

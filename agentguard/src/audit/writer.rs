@@ -1,0 +1,403 @@
+//! The one thread that writes the database: takes what is queued (up to
+//! 512 records, waiting at most 50 ms after the first for more), masks what
+//! could still hold a sensitive value, commits it in one transaction, and
+//! between batches runs retention in small steps so it never holds the
+//! queue up for long.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use agentguard_mask::{Engine, FieldContext, Selection};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use super::{
+    DecisionRecord, Frame, RequestSummary, Stats, StatsSnapshot,
+    record::DecisionId,
+    store::{Store, Write},
+    time,
+};
+use crate::decide::{Action, Decision};
+
+const MAX_BATCH: usize = 512;
+const LINGER: Duration = Duration::from_millis(50);
+/// Records deleted per retention step (one short transaction).
+const EXPIRE_STEP: usize = 2000;
+
+pub(super) struct Retention {
+    pub max_age_ns: u64,
+    pub max_bytes: u64,
+    pub interval: Duration,
+}
+
+pub(super) struct Writer {
+    pub store: Store,
+    pub rx: mpsc::Receiver<Write>,
+    pub stats: Arc<Stats>,
+    pub retention: Retention,
+    pub masker: Option<Arc<Engine>>,
+    pub stats_file: Option<PathBuf>,
+    pub capacity: usize,
+}
+
+pub(super) fn spawn(w: Writer) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("audit-writer".into())
+        .spawn(move || w.run())
+}
+
+pub(super) fn snapshot(stats: &Stats, path: &Path, queued: usize) -> StatsSnapshot {
+    StatsSnapshot {
+        path: path.display().to_string(),
+        written: stats.written.load(Ordering::Relaxed),
+        batches: stats.batches.load(Ordering::Relaxed),
+        queue_full: stats.queue_full.load(Ordering::Relaxed),
+        overload_denied: stats.overload_denied.load(Ordering::Relaxed),
+        write_errors: stats.write_errors.load(Ordering::Relaxed),
+        expired: stats.expired.load(Ordering::Relaxed),
+        queued,
+        file_bytes: std::fs::metadata(path).map_or(0, |m| m.len()),
+    }
+}
+
+impl Writer {
+    fn run(mut self) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                // Without timers: no lingering and no retention, but every
+                // record still gets written.
+                error!("audit writer runs without timers: {e}");
+                while let Some(w) = self.rx.blocking_recv() {
+                    let mut batch = vec![w];
+                    if self.commit(&mut batch, false) {
+                        return;
+                    }
+                }
+                return;
+            }
+        };
+        // Timers are created outside `block_on` too.
+        let _entered = rt.enter();
+        let mut next_retention = Instant::now();
+        let mut next_stats = Instant::now();
+        // File length after the last trim: the file grows again only once
+        // the space freed then is used up.
+        let mut trimmed_at = 0u64;
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let idle = next_retention
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(1));
+            match rt.block_on(tokio::time::timeout(idle, self.rx.recv())) {
+                Ok(Some(w)) => take(&mut batch, w),
+                Ok(None) => {
+                    self.commit(&mut batch, true);
+                    return;
+                }
+                Err(_) => {}
+            }
+            if !batch.is_empty() {
+                let deadline = tokio::time::Instant::now() + LINGER;
+                while batch.len() < MAX_BATCH && !matches!(batch.last(), Some(Write::Close)) {
+                    match self.rx.try_recv() {
+                        Ok(w) => take(&mut batch, w),
+                        Err(mpsc::error::TryRecvError::Disconnected) => break,
+                        Err(mpsc::error::TryRecvError::Empty) => {
+                            if batch.iter().any(|w| matches!(w, Write::Flush(_))) {
+                                break;
+                            }
+                            match rt.block_on(tokio::time::timeout_at(deadline, self.rx.recv())) {
+                                Ok(Some(w)) => take(&mut batch, w),
+                                Ok(None) | Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                let closing = matches!(batch.last(), Some(Write::Close));
+                if closing {
+                    // Whatever was sent before the close still goes in.
+                    self.rx.close();
+                    while let Ok(w) = self.rx.try_recv() {
+                        batch.push(w);
+                    }
+                }
+                if self.commit(&mut batch, closing) || closing {
+                    self.write_stats();
+                    return;
+                }
+            }
+            if Instant::now() >= next_retention {
+                let more = self.retention_step(&mut trimmed_at);
+                next_retention = Instant::now()
+                    + if more {
+                        Duration::from_millis(20)
+                    } else {
+                        self.retention.interval
+                    };
+            }
+            if Instant::now() >= next_stats {
+                self.write_stats();
+                next_stats = Instant::now() + Duration::from_secs(2);
+            }
+        }
+    }
+
+    /// Commits `batch`, retrying until it is written: a full disk must not
+    /// lose records (the queue fills meanwhile, and on_overload applies).
+    /// Returns true when the writer should stop.
+    fn commit(&mut self, batch: &mut Vec<Write>, closing: bool) -> bool {
+        let stop = batch.iter().any(|w| matches!(w, Write::Close));
+        let overloaded = self.stats.overload_unrecorded.swap(0, Ordering::Relaxed);
+        if overloaded > 0 {
+            batch.push(overload_record(overloaded));
+        }
+        for w in batch.iter_mut() {
+            self.sanitize(w);
+        }
+        let records = batch.iter().filter(|w| w.is_record()).count() as u64;
+        let mut delay = Duration::from_millis(100);
+        let mut attempts = 0;
+        loop {
+            match self.store.apply(batch) {
+                Ok(()) => break,
+                Err(e) => {
+                    attempts += 1;
+                    self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    if closing && attempts >= 5 {
+                        error!(
+                            records,
+                            "audit: cannot write the last batch while stopping, records lost: {e}"
+                        );
+                        break;
+                    }
+                    error!(records, "audit: commit failed, retrying in {delay:?}: {e}");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        self.stats.written.fetch_add(records, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Release);
+        for w in batch.drain(..) {
+            if let Write::Flush(done) = w {
+                let _ = done.send(());
+            }
+        }
+        stop
+    }
+
+    /// The last gate before the disk: request text and server messages go
+    /// through the mask engine (with the decision's rules, so the log shows
+    /// what the agent's view would), and SQL password literals are blanked.
+    fn sanitize(&self, w: &mut Write) {
+        let Some(engine) = self.masker.as_deref() else {
+            if let Write::Decision { record, .. } = w
+                && let RequestSummary::Sql { sql, .. } = &mut record.request
+            {
+                *sql = redact_sql_passwords(sql);
+            }
+            return;
+        };
+        match w {
+            Write::Decision { record, .. } => {
+                let sel = engine
+                    .selection(
+                        record.target.as_ref().and_then(|t| t.name.as_deref()),
+                        &record.mask_rules,
+                    )
+                    .unwrap_or_else(|_| engine.default_selection().clone());
+                match &mut record.request {
+                    RequestSummary::Sql { sql, .. } => {
+                        *sql = redact_sql_passwords(&mask_text(engine, &sel, sql));
+                    }
+                    RequestSummary::Http { query, .. } => {
+                        if let Some(q) = query {
+                            *q = mask_text(engine, &sel, q);
+                        }
+                    }
+                    RequestSummary::Other { summary } => {
+                        *summary = mask_text(engine, &sel, summary);
+                    }
+                    _ => {}
+                }
+            }
+            Write::Frame { frame, .. } => {
+                if let Frame::Error { message, .. } = &mut frame.frame {
+                    *message = mask_text(engine, engine.default_selection(), message);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Age first (cheap, in steps), then size. Returns whether more work
+    /// is due right away.
+    fn retention_step(&mut self, trimmed_at: &mut u64) -> bool {
+        if self.retention.max_age_ns > 0 {
+            let cutoff = time::now_ns().saturating_sub(self.retention.max_age_ns);
+            match self.store.expire(cutoff, EXPIRE_STEP) {
+                Ok((n, more)) => {
+                    self.stats.expired.fetch_add(n as u64, Ordering::Relaxed);
+                    if n > 0 {
+                        debug!(records = n, "audit: expired by age");
+                    }
+                    if more {
+                        return true;
+                    }
+                }
+                Err(e) => warn!("audit retention (age): {e}"),
+            }
+        }
+        let max = self.retention.max_bytes;
+        if max == 0 {
+            return false;
+        }
+        let mut len = self.store.file_len();
+        let high = max / 10 * 9;
+        // Between `high` and `max`, trim once per growth: the space freed
+        // last time is reused before the file grows again.
+        if len <= high || (len <= max && len <= *trimmed_at) {
+            return false;
+        }
+        if len > max {
+            // The file may be mostly free pages: learn the real size first.
+            self.compact();
+            len = self.store.file_len();
+            if len <= high {
+                *trimmed_at = len;
+                return false;
+            }
+        }
+        // Down to 80% of the limit, oldest first.
+        let fraction = (1.0 - (max as f64 * 0.8) / len as f64).clamp(0.05, 0.9);
+        match self.store.trim_oldest(fraction) {
+            Ok(n) => {
+                self.stats.expired.fetch_add(n as u64, Ordering::Relaxed);
+                info!(
+                    records = n,
+                    file_bytes = len,
+                    max_db_bytes = max,
+                    "audit: database near its size limit, oldest records deleted"
+                );
+            }
+            Err(e) => {
+                warn!("audit retention (size): {e}");
+                return false;
+            }
+        }
+        if len > max {
+            self.compact();
+        }
+        *trimmed_at = self.store.file_len();
+        *trimmed_at > max
+    }
+
+    fn compact(&mut self) {
+        let before = self.store.file_len();
+        match self.store.compact() {
+            Ok(_) => debug!(before, after = self.store.file_len(), "audit: compacted"),
+            // A reader in another process holds a snapshot: next time.
+            Err(e) => debug!("audit: compaction postponed: {e}"),
+        }
+    }
+
+    fn write_stats(&self) {
+        let Some(path) = &self.stats_file else { return };
+        let queued = self.capacity.saturating_sub(self.rx.capacity());
+        let snap = snapshot(&self.stats, self.store.path(), queued);
+        let Ok(json) = serde_json::to_vec(&snap) else {
+            return;
+        };
+        let tmp = path.with_extension("tmp");
+        if std::fs::write(&tmp, json).is_ok() {
+            let _ = std::fs::rename(&tmp, path);
+        }
+    }
+}
+
+fn take(batch: &mut Vec<Write>, w: Write) {
+    #[cfg(test)]
+    if let Write::Stall(release) = w {
+        let _ = release.recv();
+        return;
+    }
+    batch.push(w);
+}
+
+fn mask_text(engine: &Engine, sel: &Selection, text: &str) -> String {
+    engine
+        .mask_value(text, &FieldContext::text(), sel)
+        .value
+        .into_owned()
+}
+
+/// `PASSWORD 'x'` (CREATE/ALTER ROLE, user mappings) → `PASSWORD '***'`.
+pub fn redact_sql_passwords(sql: &str) -> String {
+    static RE: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
+    let re = RE.get_or_init(|| {
+        regex::Regex::new(r"(?i)\b(password|passwd|secret)(\s*=?\s*)(E?'(?:[^']|'')*'|\$\$.*?\$\$)")
+            .ok()
+    });
+    match re {
+        Some(re) => re.replace_all(sql, "$1$2'***'").into_owned(),
+        None => sql.to_owned(),
+    }
+}
+
+/// Sums up decisions refused for overload (on_overload = deny), which
+/// could not be queued one by one.
+fn overload_record(n: u64) -> Write {
+    let now = time::now_ns();
+    let mut record = DecisionRecord::new(
+        None,
+        None,
+        None,
+        RequestSummary::Other {
+            summary: format!("{n} requests"),
+        },
+        &Decision {
+            action: Action::Deny,
+            reason: format!(
+                "agentguard: audit queue full: {n} requests were denied without individual records (on_overload = \"deny\"); the guard's log names each"
+            ),
+            mask: Vec::new(),
+            policy_version: String::new(),
+        },
+        Duration::ZERO,
+    );
+    record.time_ns = now;
+    record.id = Some(DecisionId {
+        time_ns: now,
+        seq: (u64::from(std::process::id()) << 32) | 0xffff_ffff,
+    });
+    Write::Decision {
+        record,
+        frame_seq: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sql_passwords_are_blanked() {
+        assert_eq!(
+            super::redact_sql_passwords("ALTER ROLE app WITH PASSWORD 'hunter''2' VALID UNTIL 'x'"),
+            "ALTER ROLE app WITH PASSWORD '***' VALID UNTIL 'x'"
+        );
+        assert_eq!(
+            super::redact_sql_passwords("create user u encrypted password 'abc'"),
+            "create user u encrypted password '***'"
+        );
+        assert_eq!(
+            super::redact_sql_passwords("SELECT password FROM users"),
+            "SELECT password FROM users"
+        );
+    }
+}
