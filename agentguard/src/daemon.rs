@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::{
+    audit,
     cgroup::{self, Cgroup},
     config::Config,
     identity::AgentRegistry,
@@ -125,6 +126,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let _reloader = Reloader::spawn(Arc::clone(&policy), true);
     ensure_bpffs(&config.bpffs_dir)?;
+    // Before anything is served: a guard that cannot record does not start.
+    let (recorder, audit_writer) = audit::open(
+        &config.state_dir,
+        &config,
+        audit::OpenOptions {
+            stats_file: Some(audit::cli::stats_file(&config.run_dir)),
+            ..Default::default()
+        },
+    )
+    .context("cannot open the audit log")?;
     let mount = cgroup::cgroup2_mount()?;
     // Listen first: from the moment the programs are refreshed, connects
     // arrive here.
@@ -165,6 +176,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         policy,
         agents,
         port,
+        recorder,
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let serving = tokio::spawn(Arc::clone(&proxy).serve(listeners, stop_rx));
@@ -172,7 +184,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!("stopping; attached cgroups stay guarded (connections refused) until the daemon is back");
     let _ = stop_tx.send(true);
     let _ = serving.await;
+    proxy.wait_idle(std::time::Duration::from_secs(2)).await;
+    audit_writer.close().await;
     let _ = fs::remove_file(&info_path);
+    let _ = fs::remove_file(audit::cli::stats_file(&config.run_dir));
     let _ = fs::remove_file(config.run_dir.join(policy::STATE_FILE));
     Ok(())
 }

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::{
+    audit,
     cgroup::{self, Cgroup},
     config::Config,
     daemon,
@@ -82,6 +83,16 @@ pub async fn exec(config: Config, agent: Option<String>, argv: Vec<String>) -> a
             }
             let agents = Arc::new(AgentRegistry::default());
             agents.register(cg.id()?, &agent_name);
+            let state_dir = audit::writable_state_dir(&config);
+            let (recorder, audit_writer) =
+                match audit::open(&state_dir, &config, audit::OpenOptions::default()) {
+                    Ok(opened) => opened,
+                    Err(e) => {
+                        let _ = cg.kill_and_remove();
+                        let _ = std::fs::remove_dir_all(&pin);
+                        return Err(anyhow::Error::new(e).context("cannot open the audit log"));
+                    }
+                };
             // No folder: the built-in "configured targets only" policy.
             let policy = policy::engine_for(&config.policy_dir, None, true);
             let reloader = Reloader::spawn(Arc::clone(&policy), false);
@@ -91,11 +102,12 @@ pub async fn exec(config: Config, agent: Option<String>, argv: Vec<String>) -> a
                 policy,
                 agents,
                 port,
+                recorder,
             ));
             let (stop_tx, stop_rx) = watch::channel(false);
             let task = tokio::spawn(Arc::clone(&proxy).serve(listeners, stop_rx));
             info!(port, cgroup = %cg.rel, "no daemon running: guarding in-process");
-            private = Some((stop_tx, task, reloader));
+            private = Some((stop_tx, task, reloader, proxy, audit_writer));
             cg
         }
     };
@@ -105,9 +117,12 @@ pub async fn exec(config: Config, agent: Option<String>, argv: Vec<String>) -> a
     if let Err(e) = cg.kill_and_remove() {
         warn!("could not remove {}: {e}", cg.rel);
     }
-    if let Some((stop, task, _reloader)) = private {
+    if let Some((stop, task, _reloader, proxy, audit_writer)) = private {
         let _ = stop.send(true);
         let _ = task.await;
+        // The command's connections are closing: let their last records in.
+        proxy.wait_idle(std::time::Duration::from_secs(2)).await;
+        audit_writer.close().await;
         // The cgroup is gone, so its links are detached; drop the pins.
         let pin = private_pin_dir(&config, me);
         if let Err(e) = std::fs::remove_dir_all(&pin) {

@@ -13,6 +13,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
 use agentguard::{
+    audit,
     cgroup::{self, Cgroup},
     config::Config,
     daemon, exec, policy,
@@ -51,6 +52,12 @@ enum Command {
     Detach(CgroupArg),
     /// Show the daemon, the programs, attached cgroups and counters.
     Status,
+    /// The decision log: who asked for what, and what was decided.
+    Audit(audit::cli::AuditArgs),
+    /// Recorded sessions (guarded connections), one row each.
+    Sessions(audit::cli::SessionsArgs),
+    /// Play a recorded session back: requests, decisions, masked rows.
+    Replay(audit::cli::ReplayArgs),
     /// Check, test and evaluate Rego policies; reload the daemon's.
     Policy {
         #[command(subcommand)]
@@ -138,6 +145,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Status => status(&config).map(|()| 0),
         Command::Policy { command } => policy::cli::run(&config, command),
         Command::Ca { command } => ca(&config, command).map(|()| 0),
+        Command::Audit(args) => Ok(audit::cli::audit(&config, args).await?),
+        Command::Sessions(args) => Ok(audit::cli::sessions(&config, args)?),
+        Command::Replay(args) => Ok(audit::cli::replay(&config, args).await?),
     }
 }
 
@@ -218,6 +228,12 @@ fn status(config: &Config) -> anyhow::Result<()> {
         );
     }
     println!("policies:  {}", config.policy_dir.display());
+    if daemon::running(&config.run_dir).is_some()
+        && let Some(line) =
+            audit::cli::status_line(&audit::cli::stats_file(&config.run_dir))
+    {
+        println!("{line}");
+    }
     for line in policy::status_lines(&config.run_dir, daemon::running(&config.run_dir).is_some()) {
         println!("{line}");
     }

@@ -8,9 +8,9 @@ use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::{
@@ -20,8 +20,9 @@ use tokio::{
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::{
+    audit::{DecisionRecord, Recorder, RequestSummary, SessionHandle},
     config::{Config, Protocol},
-    decide::{Action, Decide, Input, Request, Target},
+    decide::{Action, Decide, Decision, Input, Request, Target},
     http,
     identity::{AgentRegistry, Identity},
     net, pg,
@@ -37,7 +38,10 @@ pub struct Proxy {
     pub listen_port: u16,
     /// CA, trust store and mask engine of the HTTP guard (built on first use).
     pub http: Arc<http::HttpShared>,
+    /// Every decision and session goes here (see audit.rs).
+    pub recorder: Recorder,
     next_id: AtomicU64,
+    active: Arc<AtomicUsize>,
 }
 
 /// Binds 127.0.0.1:PORT and [::1]:PORT (the same port on both; port 0 picks
@@ -80,6 +84,7 @@ impl Proxy {
         decider: Arc<dyn Decide>,
         agents: Arc<AgentRegistry>,
         listen_port: u16,
+        recorder: Recorder,
     ) -> Self {
         let http = Arc::new(http::HttpShared::new(
             config.state_dir.clone(),
@@ -93,8 +98,41 @@ impl Proxy {
             cgroup_mount: crate::cgroup::cgroup2_mount().ok(),
             listen_port,
             http,
+            recorder,
             next_id: AtomicU64::new(1),
+            active: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Waits (at most `timeout`) for connections in flight to finish, so
+    /// their last records are queued before the recorder closes.
+    pub async fn wait_idle(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.active.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A refusal before any session exists.
+    async fn record_refusal(
+        &self,
+        identity: Option<&Identity>,
+        target: Option<&Target>,
+        peer: SocketAddr,
+        reason: &str,
+        accepted: Instant,
+    ) {
+        let mut record = DecisionRecord::new(
+            None,
+            identity,
+            target,
+            RequestSummary::Connect,
+            &Decision::deny(reason),
+            accepted.elapsed(),
+        );
+        record.peer = Some(peer.to_string());
+        // Already refused: an overloaded recorder changes nothing here.
+        let _ = self.recorder.decision(record).await;
     }
 
     /// Serves until `shutdown` turns true. Errors on one connection never end
@@ -133,13 +171,19 @@ impl Proxy {
     }
 
     async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
+        let accepted = Instant::now();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let _active = Active::new(&self.active);
         // No record: the connection did not come through the hook (a process
         // outside any agent cgroup dialled us, or the record was lost). Never
         // treated as allowed.
         let Some(origin) = self.redirect.take_origin(peer) else {
-            warn!(conn = id, %peer, "refused: no origin record (connection did not come through the agentguard hook)");
+            const REASON: &str =
+                "no origin record (connection did not come through the agentguard hook)";
+            warn!(conn = id, %peer, "refused: {REASON}");
             reset(client);
+            self.record_refusal(None, None, peer, REASON, accepted)
+                .await;
             return;
         };
         let dst = SocketAddr::new(net::from_addr(&origin.dst), origin.dst_port);
@@ -159,39 +203,61 @@ impl Proxy {
             %dst,
         );
         async move {
+            let target = Target::for_destination(&self.config, dst);
             if dst.port() == self.listen_port
                 && (dst.ip().is_loopback() || dst.ip().is_unspecified())
             {
-                warn!("refused: direct connection to the agentguard proxy port");
+                const REASON: &str = "direct connection to the agentguard proxy port";
+                warn!("refused: {REASON}");
                 reset(client);
+                self.record_refusal(Some(&identity), Some(&target), peer, REASON, accepted)
+                    .await;
                 return;
             }
             let input = Input {
-                target: Target::for_destination(&self.config, dst),
+                target,
                 identity,
                 request: Request::Connect,
             };
             let decision = self.decider.decide(&input);
-            match decision.action {
-                Action::Allow => {}
+            let record = DecisionRecord::new(
+                None,
+                Some(&input.identity),
+                Some(&input.target),
+                RequestSummary::Connect,
+                &decision,
+                accepted.elapsed(),
+            );
+            let session = match decision.action {
+                Action::Allow => match self.start_session(&input, record).await {
+                    Ok(session) => session,
+                    Err(reason) => {
+                        warn!(%reason, "denied");
+                        reset(client);
+                        return;
+                    }
+                },
                 // Holding L4 connects for approval arrives with the approvals issue.
                 Action::Deny | Action::Approve => {
                     warn!(action = ?decision.action, reason = %decision.reason, "denied");
                     reset(client);
+                    let _ = self.recorder.decision(record).await;
                     return;
                 }
-            }
+            };
             let timeout = Duration::from_secs(self.config.listener.connect_timeout_secs);
             let upstream = match tokio::time::timeout(timeout, TcpStream::connect(dst)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     warn!("upstream connect failed: {e}");
                     reset(client);
+                    session.end(0, 0, Some(format!("upstream connect failed: {e}"))).await;
                     return;
                 }
                 Err(_) => {
                     warn!("upstream connect timed out after {timeout:?}");
                     reset(client);
+                    session.end(0, 0, Some(format!("upstream connect timed out after {timeout:?}"))).await;
                     return;
                 }
             };
@@ -210,10 +276,16 @@ impl Proxy {
                         target: input.target,
                         approval_timeout: Duration::from_secs(self.config.approval_timeout_secs),
                         masker: self.config.masker.0.clone(),
+                        session: session.clone(),
                     };
-                    if let Err(e) = pg::session::run(guard, client, upstream).await {
-                        warn!("postgres session closed: {e}");
-                    }
+                    let error = match pg::session::run(guard, client, upstream).await {
+                        Ok(()) => None,
+                        Err(e) => {
+                            warn!("postgres session closed: {e}");
+                            Some(e.to_string())
+                        }
+                    };
+                    session.end(0, 0, error).await;
                 }
                 Protocol::Http | Protocol::Llm | Protocol::K8s => {
                     let found = self.config.target_for(dst).map(|(t, _)| t);
@@ -229,11 +301,19 @@ impl Proxy {
                         dst,
                         sni: None,
                     };
-                    if let Err(e) = http::run(conn, client, upstream).await {
-                        warn!("http session closed: {e}");
-                    }
+                    let error = match http::run(conn, client, upstream).await {
+                        Ok(()) => None,
+                        Err(e) => {
+                            warn!("http session closed: {e}");
+                            Some(e.to_string())
+                        }
+                    };
+                    session.end(0, 0, error).await;
                 }
-                _ => pipe(client, upstream).await,
+                _ => {
+                    let (up, down, error) = pipe(client, upstream).await;
+                    session.end(up, down, error).await;
+                }
             }
         }
         .instrument(span)
@@ -241,11 +321,54 @@ impl Proxy {
     }
 }
 
-async fn pipe(mut client: TcpStream, mut upstream: TcpStream) {
+impl Proxy {
+    /// Records the allowed connect as the first frame of a new session. An
+    /// `Err` (audit overloaded with on_overload = deny) refuses the connection.
+    async fn start_session(
+        &self,
+        input: &Input,
+        record: DecisionRecord,
+    ) -> Result<SessionHandle, String> {
+        let session = self.recorder.session(self.recorder.new_session_id());
+        session
+            .start(Some(&input.identity), Some(&input.target))
+            .await;
+        if let Err(e) = session.decision(record).await {
+            session.end(0, 0, Some(e.to_string())).await;
+            return Err(e.to_string());
+        }
+        Ok(session)
+    }
+}
+
+/// Counts a connection in flight for as long as it lives.
+struct Active(Arc<AtomicUsize>);
+
+impl Active {
+    fn new(n: &Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(n))
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Copies both ways; returns bytes up, bytes down and the error, if any.
+async fn pipe(mut client: TcpStream, mut upstream: TcpStream) -> (u64, u64, Option<String>) {
     const BUF: usize = 64 * 1024;
     match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUF, BUF).await {
-        Ok((up, down)) => debug!(bytes_up = up, bytes_down = down, "closed"),
-        Err(e) => debug!("closed with error: {e}"),
+        Ok((up, down)) => {
+            debug!(bytes_up = up, bytes_down = down, "closed");
+            (up, down, None)
+        }
+        Err(e) => {
+            debug!("closed with error: {e}");
+            (0, 0, Some(e.to_string()))
+        }
     }
 }
 

@@ -9,9 +9,9 @@
 //! server's own.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use agentguard_mask::{Engine, FieldContext, Selection};
@@ -31,6 +31,7 @@ use super::{
     sql::{self, StatementInfo},
 };
 use crate::{
+    audit::{DecisionId, DecisionRecord, RequestSummary, ResultRecorder, SessionHandle},
     decide::Target,
     decide::{Action, Decide, Decision, Input, Request},
     identity::Identity,
@@ -75,6 +76,8 @@ pub struct PgGuard {
     /// refused (approvals are granted through the approvals CLI).
     pub approval_timeout: Duration,
     pub masker: Option<Arc<Engine>>,
+    /// The connection's recording: decisions, and results as forwarded.
+    pub session: SessionHandle,
 }
 
 /// How to mask the rows of one statement's results.
@@ -96,6 +99,8 @@ enum Pending {
     Ready {
         inject: Option<Bytes>,
         rows: Option<Arc<RowMask>>,
+        /// The decision whose response this is (recorded as it goes out).
+        audit: Option<DecisionId>,
     },
     Parsed(String),
     Bound(String),
@@ -107,6 +112,7 @@ enum Pending {
         rows: Option<Arc<RowMask>>,
         /// Result formats asked for in Bind (0 text, 1 binary).
         formats: Arc<Vec<i16>>,
+        audit: Option<DecisionId>,
     },
 }
 
@@ -167,6 +173,17 @@ pub async fn run(guard: PgGuard, client: TcpStream, upstream: TcpStream) -> Resu
         guard,
     };
     info!(db_user = ?session.db_user, database = ?session.database, "postgres session");
+    // Startup parameters only: passwords travel later, in messages that are
+    // passed through and never recorded.
+    let details: BTreeMap<String, String> = [
+        ("database", &session.database),
+        ("db_user", &session.db_user),
+        ("application_name", &session.application_name),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k.to_owned(), v.clone()?)))
+    .collect();
+    session.guard.session.details(details).await;
 
     let shared = Arc::new(Mutex::new(Shared::default()));
     let client_wr = Arc::new(tokio::sync::Mutex::new(client_wr));
@@ -175,6 +192,7 @@ pub async fn run(guard: PgGuard, client: TcpStream, upstream: TcpStream) -> Resu
         Arc::clone(&client_wr),
         Arc::clone(&shared),
         session.guard.masker.clone(),
+        session.guard.session.clone(),
     ));
     let result = client_to_server(
         &session,
@@ -204,10 +222,45 @@ struct Session {
 }
 
 impl Session {
-    /// The decision for one Query / Parse, and, when allowed, how to mask
-    /// its rows. Mask rules that do not compile deny: masking less than the
-    /// policy asked is not an option.
+    /// The decision for one Query / Parse, how to mask its rows when
+    /// allowed, and its audit record's id. A decision the audit log cannot
+    /// take (on_overload = deny) is a deny.
     async fn decide(
+        &self,
+        sql: &str,
+        analysis: sql::SqlAnalysis,
+        protocol: &'static str,
+    ) -> (Decision, Option<Arc<RowMask>>, Option<DecisionId>) {
+        let started = Instant::now();
+        let summary = RequestSummary::Sql {
+            sql: sql.to_owned(),
+            protocol: protocol.to_owned(),
+            operations: unique(analysis.statements.iter().flat_map(|s| &s.operations)),
+            tables: unique(analysis.statements.iter().flat_map(|s| &s.tables)),
+            database: self.database.clone(),
+            db_user: self.db_user.clone(),
+        };
+        let (decision, rows) = self.decide_and_mask(sql, analysis, protocol).await;
+        let record = DecisionRecord::new(
+            Some(self.guard.session.id),
+            Some(&self.guard.identity),
+            Some(&self.guard.target),
+            summary,
+            &decision,
+            started.elapsed(),
+        );
+        match self.guard.session.decision(record).await {
+            Ok(id) => (decision, rows, Some(id)),
+            Err(e) => {
+                warn!(sql, reason = %e, "denied");
+                (Decision::deny(e.to_string()), None, None)
+            }
+        }
+    }
+
+    /// Mask rules that do not compile deny: masking less than the policy
+    /// asked is not an option.
+    async fn decide_and_mask(
         &self,
         sql: &str,
         analysis: sql::SqlAnalysis,
@@ -276,6 +329,31 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Records a refusal that needed no policy (the protocol forbids it).
+    async fn refused(&self, what: &str, reason: &str) {
+        let record = DecisionRecord::new(
+            Some(self.guard.session.id),
+            Some(&self.guard.identity),
+            Some(&self.guard.target),
+            RequestSummary::Other {
+                summary: what.to_owned(),
+            },
+            &Decision::deny(reason),
+            Duration::ZERO,
+        );
+        // Refused anyway: an overloaded recorder changes nothing.
+        let _ = self.guard.session.decision(record).await;
+    }
+}
+
+fn unique<'a>(items: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let mut v: Vec<String> = items.cloned().collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
 /// Substitutes what a SQL-level PREPARE defined for each EXECUTE, so policy
 /// judges what will actually run.
 fn resolve_prepared(
@@ -332,6 +410,7 @@ async fn client_to_server(
     let mut discarding: Option<Bytes> = None;
     let mut portal_statement: HashMap<String, (String, Arc<Vec<i16>>)> = HashMap::new();
     let mut statement_rows: HashMap<String, Arc<RowMask>> = HashMap::new();
+    let mut statement_audit: HashMap<String, DecisionId> = HashMap::new();
     let mut prepared: HashMap<String, StatementInfo> = HashMap::new();
     loop {
         let msg = match codec::decode(&mut buf, MAX_MESSAGE)? {
@@ -349,15 +428,20 @@ async fn client_to_server(
                 let mut analysis = sql::analyze(text);
                 let defined = prepared_definitions(&analysis);
                 resolve_prepared(&mut analysis.statements, &prepared, &defined);
-                let (decision, rows) = session.decide(text, analysis, "simple").await;
+                let (decision, rows, audit) = session.decide(text, analysis, "simple").await;
                 if decision.action == Action::Allow {
                     prepared.extend(defined);
-                    push(Pending::Ready { inject: None, rows });
+                    push(Pending::Ready {
+                        inject: None,
+                        rows,
+                        audit,
+                    });
                     upstream.write_all(&msg.raw).await?;
                 } else {
                     push(Pending::Ready {
                         inject: Some(refusal(&decision.reason)),
                         rows: None,
+                        audit: None,
                     });
                     upstream.write_all(&codec::sync()).await?;
                 }
@@ -369,11 +453,15 @@ async fn client_to_server(
                 }
                 let mut analysis = sql::analyze(text);
                 resolve_prepared(&mut analysis.statements, &prepared, &[]);
-                let (decision, rows) = session.decide(text, analysis, "extended").await;
+                let (decision, rows, audit) = session.decide(text, analysis, "extended").await;
                 if decision.action == Action::Allow {
                     match rows {
                         Some(rows) => statement_rows.insert(name.to_owned(), rows),
                         None => statement_rows.remove(name),
+                    };
+                    match audit {
+                        Some(id) => statement_audit.insert(name.to_owned(), id),
+                        None => statement_audit.remove(name),
                     };
                     push(Pending::Parsed(name.to_owned()));
                     upstream.write_all(&msg.raw).await?;
@@ -385,6 +473,7 @@ async fn client_to_server(
                 push(Pending::Ready {
                     inject: discarding.take(),
                     rows: None,
+                    audit: None,
                 });
                 upstream.write_all(&msg.raw).await?;
             }
@@ -392,9 +481,11 @@ async fn client_to_server(
                 // Fast-path calls name a function by OID, out of sight of SQL
                 // analysis (lo_export, pg_read_file…): never allowed.
                 warn!("denied: fast-path function call");
+                session.refused("fast-path function call", "fast-path function calls are not allowed").await;
                 push(Pending::Ready {
                     inject: Some(refusal("fast-path function calls are not allowed")),
                     rows: None,
+                    audit: None,
                 });
                 upstream.write_all(&codec::sync()).await?;
             }
@@ -420,11 +511,13 @@ async fn client_to_server(
                 let (statement, formats) =
                     portal_statement.get(&portal).cloned().unwrap_or_default();
                 let rows = statement_rows.get(&statement).cloned();
+                let audit = statement_audit.get(&statement).copied();
                 push(Pending::Execute {
                     portal,
                     statement,
                     rows,
                     formats,
+                    audit,
                 });
                 upstream.write_all(&msg.raw).await?;
             }
@@ -453,8 +546,13 @@ async fn server_to_client(
     client: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     shared: Arc<Mutex<Shared>>,
     masker: Option<Arc<Engine>>,
+    session: SessionHandle,
 ) -> Result<(), PgError> {
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut recording = Recording {
+        session,
+        current: None,
+    };
     let mut statement_columns: HashMap<String, Arc<Vec<Column>>> = HashMap::new();
     let mut portal_columns: HashMap<String, Arc<Vec<Column>>> = HashMap::new();
     let mut current: Option<Arc<Vec<Column>>> = None;
@@ -476,6 +574,9 @@ async fn server_to_client(
         };
         // A message rewritten by masking replaces the original bytes.
         let mut replaced: Option<Bytes> = None;
+        // What to record about this message (after the lock is released).
+        let mut event: Option<(DecisionId, Event)> = None;
+        let mut findings: Vec<(Arc<str>, u32)> = Vec::new();
         {
             let mut st = shared.lock().unwrap_or_else(|e| e.into_inner());
             match msg.tag() {
@@ -493,6 +594,8 @@ async fn server_to_client(
                 }
                 tag::ROW_DESCRIPTION => {
                     let cols = Arc::new(codec::row_description(&msg)?);
+                    event = audit_of(st.pending.front())
+                        .map(|id| (id, Event::Columns(cols.iter().map(|c| c.name.clone()).collect())));
                     match st.pending.front() {
                         Some(Pending::DescribeStatement(n)) => {
                             statement_columns.insert(n.clone(), Arc::clone(&cols));
@@ -521,6 +624,7 @@ async fn server_to_client(
                             statement,
                             rows,
                             formats,
+                            ..
                         }) => (
                             portal_columns
                                 .get(portal)
@@ -541,7 +645,19 @@ async fn server_to_client(
                             columns.as_deref().map(Vec::as_slice),
                             &formats,
                             &rows,
+                            &mut findings,
                         )?;
+                    }
+                    if let Some(id) = audit_of(st.pending.front()) {
+                        // Decoded from what goes out (masked), and only
+                        // while under the recording cap.
+                        let values = recording.wants_row(id).then(|| {
+                            let sent = codec::Message {
+                                raw: replaced.clone().unwrap_or_else(|| msg.raw.clone()),
+                            };
+                            row_values(&sent, columns.as_deref().map(Vec::as_slice), &formats)
+                        });
+                        event = Some((id, Event::Row(values.flatten())));
                     }
                 }
                 tag::COPY_DATA => {
@@ -555,18 +671,39 @@ async fn server_to_client(
                     ) = (&masker, st.pending.front())
                     {
                         let m = engine.mask_bytes(msg.body(), &FieldContext::text(), &rows.sel);
+                        findings.extend(m.findings.iter().map(|f| (f.entity.clone(), f.count)));
                         if let std::borrow::Cow::Owned(v) = m.value {
                             replaced = Some(codec::build(tag::COPY_DATA, &v));
                         }
                     }
+                    if let Some(id) = audit_of(st.pending.front()) {
+                        let sent = replaced.as_ref().map_or(msg.body(), |r| &r[5..]);
+                        event = Some((id, Event::Text(String::from_utf8_lossy(sent).into_owned())));
+                    }
                 }
                 tag::COMMAND_COMPLETE | tag::PORTAL_SUSPENDED | tag::EMPTY_QUERY => {
+                    let front = st.pending.front();
+                    if let Some(id) = audit_of(front) {
+                        let tag = match msg.tag() {
+                            tag::COMMAND_COMPLETE => command_tag(&msg),
+                            tag::PORTAL_SUSPENDED => "portal suspended".to_owned(),
+                            _ => "empty query".to_owned(),
+                        };
+                        let last = matches!(front, Some(Pending::Execute { .. }));
+                        event = Some((id, Event::Complete { tag, last }));
+                    }
                     if matches!(st.pending.front(), Some(Pending::Execute { .. })) {
                         st.pending.pop_front();
                     }
                     current = None;
                 }
                 tag::ERROR_RESPONSE => {
+                    let front = st.pending.front();
+                    if let Some(id) = audit_of(front) {
+                        let (code, message) = codec::error_fields(&msg);
+                        let last = matches!(front, Some(Pending::Execute { .. }));
+                        event = Some((id, Event::Error { code, message, last }));
+                    }
                     // The server skips the rest of the batch up to Sync.
                     while st
                         .pending
@@ -577,6 +714,9 @@ async fn server_to_client(
                     }
                 }
                 tag::READY_FOR_QUERY => {
+                    if let Some(id) = audit_of(st.pending.front()) {
+                        event = Some((id, Event::Done));
+                    }
                     while let Some(p) = st.pending.pop_front() {
                         if let Pending::Ready { inject, .. } = p {
                             if let Some(inject) = inject {
@@ -589,6 +729,14 @@ async fn server_to_client(
                 }
                 _ => {}
             }
+        }
+        if !findings.is_empty() {
+            if let Some((id, _)) = &event {
+                recording.masked(*id, &findings).await;
+            }
+        }
+        if let Some((id, ev)) = event {
+            recording.record(id, ev).await;
         }
         out.extend_from_slice(replaced.as_deref().unwrap_or(&msg.raw));
         if out.len() >= 64 * 1024 {
@@ -614,6 +762,7 @@ fn mask_row(
     columns: Option<&[Column]>,
     formats: &[i16],
     rows: &RowMask,
+    findings: &mut Vec<(Arc<str>, u32)>,
 ) -> Result<Option<Bytes>, PgError> {
     let values = codec::data_row(msg)?;
     let mut masked: Vec<Option<std::borrow::Cow<'_, [u8]>>> = Vec::with_capacity(values.len());
@@ -639,6 +788,7 @@ fn mask_row(
             None => FieldContext::text(),
         };
         let m = engine.mask_bytes(raw, &ctx, &rows.sel);
+        findings.extend(m.findings.iter().map(|f| (f.entity.clone(), f.count)));
         let binary_opaque = format == 1 && !column.is_some_and(|c| is_text_type(c.type_oid));
         match m.value {
             std::borrow::Cow::Borrowed(_) => masked.push(Some(std::borrow::Cow::Borrowed(raw))),
@@ -658,4 +808,132 @@ fn mask_row(
     Ok(Some(codec::build_data_row(
         masked.iter().map(|v| v.as_deref()),
     )))
+}
+
+/// What one server message means for the recording.
+enum Event {
+    Columns(Vec<String>),
+    /// A row as forwarded; `None` past the recording cap (counted only).
+    Row(Option<Vec<Option<String>>>),
+    Text(String),
+    /// One result done; `last`: the response to the decision is too.
+    Complete { tag: String, last: bool },
+    Error {
+        code: String,
+        message: String,
+        last: bool,
+    },
+    /// ReadyForQuery: the response to a simple Query is over.
+    Done,
+}
+
+/// The response being recorded (one decision's), switched when the
+/// server moves on to the next decision's response.
+struct Recording {
+    session: SessionHandle,
+    current: Option<ResultRecorder>,
+}
+
+impl Recording {
+    fn wants_row(&self, id: DecisionId) -> bool {
+        self.current
+            .as_ref()
+            .is_none_or(|r| r.decision != id || r.wants_row())
+    }
+
+    async fn recorder(&mut self, id: DecisionId) -> &mut ResultRecorder {
+        if self.current.as_ref().is_some_and(|r| r.decision != id) {
+            if let Some(done) = self.current.take() {
+                done.finish().await;
+            }
+        }
+        self.current
+            .get_or_insert_with(|| self.session.result_recorder(id))
+    }
+
+    async fn masked(&mut self, id: DecisionId, findings: &[(Arc<str>, u32)]) {
+        self.recorder(id)
+            .await
+            .masked(findings.iter().map(|(e, n)| (&**e, u64::from(*n))));
+    }
+
+    async fn record(&mut self, id: DecisionId, event: Event) {
+        let r = self.recorder(id).await;
+        let last = match event {
+            Event::Columns(names) => {
+                r.columns(names).await;
+                false
+            }
+            Event::Row(values) => {
+                r.row(values).await;
+                false
+            }
+            Event::Text(text) => {
+                r.text(text).await;
+                false
+            }
+            Event::Complete { tag, last } => {
+                r.complete(tag).await;
+                last
+            }
+            Event::Error {
+                code,
+                message,
+                last,
+            } => {
+                r.error(code, message).await;
+                last
+            }
+            Event::Done => true,
+        };
+        if last && let Some(done) = self.current.take() {
+            done.finish().await;
+        }
+    }
+}
+
+/// The decision a server message answers, if it is being recorded.
+fn audit_of(front: Option<&Pending>) -> Option<DecisionId> {
+    match front {
+        Some(Pending::Ready { audit, .. } | Pending::Execute { audit, .. }) => *audit,
+        _ => None,
+    }
+}
+
+/// CommandComplete's tag (`SELECT 2`).
+fn command_tag(msg: &codec::Message) -> String {
+    let body = msg.body();
+    let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+    String::from_utf8_lossy(&body[..end]).into_owned()
+}
+
+/// A forwarded DataRow as text for the recording. Binary values of
+/// non-text types are not decoded: they show as `<binary N bytes>`.
+fn row_values(
+    msg: &codec::Message,
+    columns: Option<&[Column]>,
+    formats: &[i16],
+) -> Option<Vec<Option<String>>> {
+    let values = codec::data_row(msg).ok()?;
+    Some(
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let range = v.clone()?;
+                let raw = msg.raw.get(range)?;
+                let column = columns.and_then(|c| c.get(i));
+                let format = match (column, formats) {
+                    (Some(c), _) => c.format,
+                    (None, [one]) => *one,
+                    (None, many) => many.get(i).copied().unwrap_or(0),
+                };
+                if format == 1 && !column.is_some_and(|c| is_text_type(c.type_oid)) {
+                    Some(format!("<binary {} bytes>", raw.len()))
+                } else {
+                    Some(String::from_utf8_lossy(raw).into_owned())
+                }
+            })
+            .collect(),
+    )
 }

@@ -16,6 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod pg;
+
 pub const PYTHON: &str = "/usr/bin/python3";
 
 pub fn bin() -> &'static str {
