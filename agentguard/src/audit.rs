@@ -24,10 +24,10 @@ pub mod cli;
 pub mod record;
 pub mod result;
 pub mod store;
-pub mod time;
-mod writer;
 #[cfg(test)]
 mod tests;
+pub mod time;
+mod writer;
 
 use std::{
     collections::BTreeMap,
@@ -382,7 +382,10 @@ impl Recorder {
             record.session_id = Some(s.id);
         }
         let frame_seq = session.map(|s| s.next_frame.fetch_add(1, Ordering::Relaxed));
-        let write = Write::Decision { record, frame_seq };
+        let write = Write::Decision {
+            record: Box::new(record),
+            frame_seq,
+        };
         match inner.tx.try_send(write) {
             Ok(()) => Ok(id),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(AuditError::Closed),
@@ -394,11 +397,7 @@ impl Recorder {
                             queue = inner.capacity,
                             "audit queue full: waiting for the writer (on_overload = block)"
                         );
-                        inner
-                            .tx
-                            .send(write)
-                            .await
-                            .map_err(|_| AuditError::Closed)?;
+                        inner.tx.send(write).await.map_err(|_| AuditError::Closed)?;
                         Ok(id)
                     }
                     OnOverload::Deny => {
@@ -478,7 +477,7 @@ impl SessionHandle {
     pub async fn start(&self, identity: Option<&Identity>, target: Option<&Target>) {
         let now = time::now_ns();
         self.recorder
-            .send(Write::SessionStart(SessionRecord {
+            .send(Write::SessionStart(Box::new(SessionRecord {
                 id: self.id,
                 start_ns: now,
                 end_ns: None,
@@ -488,7 +487,7 @@ impl SessionHandle {
                 details: BTreeMap::new(),
                 counts: SessionCounts::default(),
                 error: None,
-            }))
+            })))
             .await;
     }
 

@@ -229,8 +229,7 @@ fn status(config: &Config) -> anyhow::Result<()> {
     }
     println!("policies:  {}", config.policy_dir.display());
     if daemon::running(&config.run_dir).is_some()
-        && let Some(line) =
-            audit::cli::status_line(&audit::cli::stats_file(&config.run_dir))
+        && let Some(line) = audit::cli::status_line(&audit::cli::stats_file(&config.run_dir))
     {
         println!("{line}");
     }

@@ -251,13 +251,21 @@ impl Proxy {
                 Ok(Err(e)) => {
                     warn!("upstream connect failed: {e}");
                     reset(client);
-                    session.end(0, 0, Some(format!("upstream connect failed: {e}"))).await;
+                    session
+                        .end(0, 0, Some(format!("upstream connect failed: {e}")))
+                        .await;
                     return;
                 }
                 Err(_) => {
                     warn!("upstream connect timed out after {timeout:?}");
                     reset(client);
-                    session.end(0, 0, Some(format!("upstream connect timed out after {timeout:?}"))).await;
+                    session
+                        .end(
+                            0,
+                            0,
+                            Some(format!("upstream connect timed out after {timeout:?}")),
+                        )
+                        .await;
                     return;
                 }
             };

@@ -69,7 +69,12 @@ fn psql_session_is_audited_and_replayable_without_raw_values() {
     let sql = |needle: &str| {
         records
             .iter()
-            .find(|r| r["request"]["kind"] == "sql" && r["request"]["sql"].as_str().is_some_and(|s| s.contains(needle)))
+            .find(|r| {
+                r["request"]["kind"] == "sql"
+                    && r["request"]["sql"]
+                        .as_str()
+                        .is_some_and(|s| s.contains(needle))
+            })
             .unwrap_or_else(|| panic!("no record for {needle}: {text}"))
     };
     let select = sql("SELECT id, name, email");
@@ -81,7 +86,9 @@ fn psql_session_is_audited_and_replayable_without_raw_values() {
         "{select}"
     );
     assert!(
-        select["policy_version"].as_str().is_some_and(|v| v.len() == 16),
+        select["policy_version"]
+            .as_str()
+            .is_some_and(|v| v.len() == 16),
         "{select}"
     );
     assert_eq!(select["masks"]["email"], 2, "{select}");
@@ -112,7 +119,10 @@ fn psql_session_is_audited_and_replayable_without_raw_values() {
     let (table, _, ok) = cli(&config, &["audit", "--target", "app-db", "--since", "1h"]);
     assert!(ok);
     assert!(table.starts_with("TIME (UTC)"), "{table}");
-    assert!(table.contains("DELETE FROM customers") && table.contains("deny"), "{table}");
+    assert!(
+        table.contains("DELETE FROM customers") && table.contains("deny"),
+        "{table}"
+    );
 
     // One session, with its counts.
     let (sessions, err, ok) = cli(&config, &["sessions", "--json"]);

@@ -373,7 +373,9 @@ const MAX_PAUSE: Duration = Duration::from_secs(3);
 
 pub async fn replay(config: &Config, args: ReplayArgs) -> Result<i32, AuditError> {
     if !(args.speed > 0.0 && args.speed.is_finite()) {
-        return Err(AuditError::Usage("--speed must be a positive number".into()));
+        return Err(AuditError::Usage(
+            "--speed must be a positive number".into(),
+        ));
     }
     let reader = reader(config)?;
     let Some(session) = reader.session(args.session)? else {
@@ -419,11 +421,7 @@ pub async fn replay(config: &Config, args: ReplayArgs) -> Result<i32, AuditError
 }
 
 fn print_session_header(s: &SessionRecord) {
-    println!(
-        "── session {} started {}",
-        s.id,
-        time::rfc3339(s.start_ns)
-    );
+    println!("── session {} started {}", s.id, time::rfc3339(s.start_ns));
     if let Some(i) = &s.identity {
         println!(
             "   agent {} · uid {} ({}) · pid {} · {} · cgroup {}",
@@ -475,10 +473,7 @@ fn print_frame(f: &FrameRecord, start: u64, columns: &mut Vec<String>) {
         }
         Frame::Rows { rows } => {
             for row in rows {
-                let cells: Vec<&str> = row
-                    .iter()
-                    .map(|v| v.as_deref().unwrap_or("NULL"))
-                    .collect();
+                let cells: Vec<&str> = row.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
                 println!("{:13} {}", "", cells.join(" | "));
             }
         }

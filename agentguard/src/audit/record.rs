@@ -225,7 +225,10 @@ impl RequestSummary {
             } => format!(
                 "{method} {}{path}{}",
                 host.as_deref().unwrap_or(""),
-                query.as_deref().map(|q| format!("?{q}")).unwrap_or_default()
+                query
+                    .as_deref()
+                    .map(|q| format!("?{q}"))
+                    .unwrap_or_default()
             ),
             Self::K8s {
                 verb,

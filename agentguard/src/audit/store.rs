@@ -44,11 +44,11 @@ const FRAMES: TableDefinition<Key, &[u8]> = TableDefinition::new("frames");
 #[derive(Debug)]
 pub enum Write {
     Decision {
-        record: DecisionRecord,
+        record: Box<DecisionRecord>,
         /// Where its `Request` frame goes in the session's recording.
         frame_seq: Option<u64>,
     },
-    SessionStart(SessionRecord),
+    SessionStart(Box<SessionRecord>),
     SessionDetails {
         id: u64,
         details: BTreeMap<String, String>,
@@ -150,8 +150,8 @@ impl Store {
             let mut t = Tables::open(&txn)?;
             let mut session_table = txn.open_table(SESSIONS)?;
             let session = |sessions: &mut HashMap<u64, Option<SessionRecord>>,
-                               id: u64,
-                               f: &mut dyn FnMut(&mut SessionRecord)|
+                           id: u64,
+                           f: &mut dyn FnMut(&mut SessionRecord)|
              -> Result<(), AuditError> {
                 let entry = match sessions.entry(id) {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -171,7 +171,7 @@ impl Store {
                 match w {
                     Write::Decision { record, frame_seq } => {
                         let Some(id) = record.id else { continue };
-                        t.insert_decision(id, record)?;
+                        t.insert_decision(id, record.as_ref())?;
                         if let Some(sid) = record.session_id {
                             if let Some(seq) = frame_seq {
                                 let frame = FrameRecord {
@@ -200,10 +200,12 @@ impl Store {
                         }
                     }
                     Write::SessionStart(rec) => {
-                        sessions.insert(rec.id, Some(rec.clone()));
+                        sessions.insert(rec.id, Some((**rec).clone()));
                     }
                     Write::SessionDetails { id, details } => {
-                        session(&mut sessions, *id, &mut |s| s.details.extend(details.clone()))?;
+                        session(&mut sessions, *id, &mut |s| {
+                            s.details.extend(details.clone())
+                        })?;
                     }
                     Write::Frame {
                         session: sid,
@@ -211,7 +213,9 @@ impl Store {
                         frame,
                     } => {
                         t.frames.insert((*sid, *seq), json(frame)?.as_slice())?;
-                        session(&mut sessions, *sid, &mut |s| s.last_ns = s.last_ns.max(frame.time_ns))?;
+                        session(&mut sessions, *sid, &mut |s| {
+                            s.last_ns = s.last_ns.max(frame.time_ns)
+                        })?;
                     }
                     Write::Result {
                         decision,
@@ -382,8 +386,12 @@ impl<'t> Tables<'t> {
                 let first = self.decisions.first()?;
                 first.and_then(|(k, v)| {
                     let key = k.value();
-                    keep_going(key)
-                        .then(|| (key, serde_json::from_slice::<DecisionRecord>(v.value()).ok()))
+                    keep_going(key).then(|| {
+                        (
+                            key,
+                            serde_json::from_slice::<DecisionRecord>(v.value()).ok(),
+                        )
+                    })
                 })
             }) else {
                 return Ok((n, false));
@@ -442,7 +450,10 @@ pub struct Filter {
 
 impl Filter {
     fn time_range(&self) -> (u64, u64) {
-        (self.since_ns.unwrap_or(0), self.until_ns.unwrap_or(u64::MAX))
+        (
+            self.since_ns.unwrap_or(0),
+            self.until_ns.unwrap_or(u64::MAX),
+        )
     }
 
     pub fn matches(&self, rec: &DecisionRecord) -> bool {
@@ -497,7 +508,11 @@ impl Reader {
             // Left unclean by a writer that was killed, and no writer has
             // opened it since: a read-write open repairs it.
             Err(redb::DatabaseError::RepairAborted) => {
-                drop(builder().open(&path).map_err(|e| AuditError::open(&path, e))?);
+                drop(
+                    builder()
+                        .open(&path)
+                        .map_err(|e| AuditError::open(&path, e))?,
+                );
                 let db = builder()
                     .open_read_only(&path)
                     .map_err(|e| AuditError::open(&path, e))?;

@@ -86,9 +86,15 @@ async fn batches_and_reads_back() {
     let dir = tempfile::tempdir().expect("tmp");
     let (rec, writer) = open_with(dir.path(), &config(""), None);
     for i in 0..2000 {
-        rec.decision(record("coder", 1000, "db", Action::Allow, &format!("SELECT {i}")))
-            .await
-            .expect("queued");
+        rec.decision(record(
+            "coder",
+            1000,
+            "db",
+            Action::Allow,
+            &format!("SELECT {i}"),
+        ))
+        .await
+        .expect("queued");
     }
     rec.flush().await;
     let stats = rec.stats().expect("enabled");
@@ -108,7 +114,8 @@ async fn batches_and_reads_back() {
     writer.close().await;
     // Closed: further records are refused, not lost silently.
     assert!(matches!(
-        rec.decision(record("coder", 1, "db", Action::Allow, "x")).await,
+        rec.decision(record("coder", 1, "db", Action::Allow, "x"))
+            .await,
         Err(AuditError::Closed)
     ));
 }
@@ -164,7 +171,10 @@ async fn indexes_filter_and_order() {
         1000,
     );
     assert_eq!(both.len(), 100);
-    assert!(both.iter().all(|r| r.identity.as_ref().map(|i| i.uid) == Some(1002)));
+    assert!(
+        both.iter()
+            .all(|r| r.identity.as_ref().map(|i| i.uid) == Some(1002))
+    );
     // Targets answer to ip:port too.
     assert_eq!(
         q(
@@ -210,7 +220,13 @@ async fn sessions_frames_and_results() {
     s.start(Some(&who), Some(&target("app-db"))).await;
     s.details(BTreeMap::from([("database".into(), "app".into())]))
         .await;
-    let mut r = record("coder", 0, "app-db", Action::Allow, "SELECT email FROM users");
+    let mut r = record(
+        "coder",
+        0,
+        "app-db",
+        Action::Allow,
+        "SELECT email FROM users",
+    );
     r.session_id = Some(s.id);
     let d = s.decision(r).await.expect("queued");
     let mut rr = s.result_recorder(d);
@@ -219,9 +235,15 @@ async fn sessions_frames_and_results() {
     rr.masked([("email", 1)]);
     rr.complete("SELECT 1".into()).await;
     rr.finish().await;
-    s.decision(record("coder", 0, "app-db", Action::Deny, "DROP TABLE users"))
-        .await
-        .expect("queued");
+    s.decision(record(
+        "coder",
+        0,
+        "app-db",
+        Action::Deny,
+        "DROP TABLE users",
+    ))
+    .await
+    .expect("queued");
     s.end(10, 20, None).await;
     rec.flush().await;
 
@@ -261,7 +283,9 @@ async fn sessions_frames_and_results() {
         ["request", "columns", "rows", "complete", "request"],
         "{frames:?}"
     );
-    let decisions = reader.decisions(&Default::default(), 10).expect("decisions");
+    let decisions = reader
+        .decisions(&Default::default(), 10)
+        .expect("decisions");
     assert_eq!(decisions[0].masks.get("email"), Some(&1));
     assert_eq!(decisions[0].rows, Some(1));
     assert_eq!(decisions[0].session_id, Some(s.id));
@@ -361,7 +385,7 @@ fn retention_by_age_removes_records_and_index_entries() {
                 seq: i,
             });
             Write::Decision {
-                record: r,
+                record: Box::new(r),
                 frame_seq: None,
             }
         })
@@ -479,7 +503,10 @@ async fn overload_deny_refuses_and_sums_up() {
     let refused = rec
         .decision(record("a", 0, "t", Action::Allow, "no room"))
         .await;
-    assert!(matches!(refused, Err(AuditError::Overloaded(2))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(AuditError::Overloaded(2))),
+        "{refused:?}"
+    );
     let _ = release.send(());
     rec.flush().await;
     let stats = rec.stats().expect("stats");
@@ -518,7 +545,10 @@ async fn overload_block_waits_and_loses_nothing() {
     sender.await.expect("sender");
     rec.flush().await;
     let reader = store::Reader::open(dir.path()).expect("reader");
-    assert_eq!(reader.decisions(&Default::default(), 10).expect("q").len(), 5);
+    assert_eq!(
+        reader.decisions(&Default::default(), 10).expect("q").len(),
+        5
+    );
     assert!(rec.stats().expect("stats").queue_full >= 1);
     writer.close().await;
 }

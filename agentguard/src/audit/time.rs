@@ -122,7 +122,15 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
 }
 
 #[cfg(test)]
@@ -135,7 +143,12 @@ mod tests {
         assert_eq!(rfc3339(t), "2025-05-01T12:34:56.789Z");
         assert_eq!(parse_rfc3339("2025-05-01T14:34:56.789+02:00"), Some(t));
         assert_eq!(parse_rfc3339("1970-01-01"), Some(0));
-        assert_eq!(parse_rfc3339("2024-02-29T00:00:00Z").map(rfc3339).as_deref(), Some("2024-02-29T00:00:00.000Z"));
+        assert_eq!(
+            parse_rfc3339("2024-02-29T00:00:00Z")
+                .map(rfc3339)
+                .as_deref(),
+            Some("2024-02-29T00:00:00.000Z")
+        );
         assert!(parse_rfc3339("2025-13-01T00:00:00Z").is_none());
         assert!(parse_rfc3339("yesterday").is_none());
     }

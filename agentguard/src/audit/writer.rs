@@ -217,10 +217,8 @@ impl Writer {
                     RequestSummary::Sql { sql, .. } => {
                         *sql = redact_sql_passwords(&mask_text(engine, &sel, sql));
                     }
-                    RequestSummary::Http { query, .. } => {
-                        if let Some(q) = query {
-                            *q = mask_text(engine, &sel, q);
-                        }
+                    RequestSummary::Http { query: Some(q), .. } => {
+                        *q = mask_text(engine, &sel, q);
                     }
                     RequestSummary::Other { summary } => {
                         *summary = mask_text(engine, &sel, summary);
@@ -378,7 +376,7 @@ fn overload_record(n: u64) -> Write {
         seq: (u64::from(std::process::id()) << 32) | 0xffff_ffff,
     });
     Write::Decision {
-        record,
+        record: Box::new(record),
         frame_seq: None,
     }
 }

@@ -481,7 +481,12 @@ async fn client_to_server(
                 // Fast-path calls name a function by OID, out of sight of SQL
                 // analysis (lo_export, pg_read_file…): never allowed.
                 warn!("denied: fast-path function call");
-                session.refused("fast-path function call", "fast-path function calls are not allowed").await;
+                session
+                    .refused(
+                        "fast-path function call",
+                        "fast-path function calls are not allowed",
+                    )
+                    .await;
                 push(Pending::Ready {
                     inject: Some(refusal("fast-path function calls are not allowed")),
                     rows: None,
@@ -594,8 +599,12 @@ async fn server_to_client(
                 }
                 tag::ROW_DESCRIPTION => {
                     let cols = Arc::new(codec::row_description(&msg)?);
-                    event = audit_of(st.pending.front())
-                        .map(|id| (id, Event::Columns(cols.iter().map(|c| c.name.clone()).collect())));
+                    event = audit_of(st.pending.front()).map(|id| {
+                        (
+                            id,
+                            Event::Columns(cols.iter().map(|c| c.name.clone()).collect()),
+                        )
+                    });
                     match st.pending.front() {
                         Some(Pending::DescribeStatement(n)) => {
                             statement_columns.insert(n.clone(), Arc::clone(&cols));
@@ -702,7 +711,14 @@ async fn server_to_client(
                     if let Some(id) = audit_of(front) {
                         let (code, message) = codec::error_fields(&msg);
                         let last = matches!(front, Some(Pending::Execute { .. }));
-                        event = Some((id, Event::Error { code, message, last }));
+                        event = Some((
+                            id,
+                            Event::Error {
+                                code,
+                                message,
+                                last,
+                            },
+                        ));
                     }
                     // The server skips the rest of the batch up to Sync.
                     while st
@@ -730,10 +746,10 @@ async fn server_to_client(
                 _ => {}
             }
         }
-        if !findings.is_empty() {
-            if let Some((id, _)) = &event {
-                recording.masked(*id, &findings).await;
-            }
+        if !findings.is_empty()
+            && let Some((id, _)) = &event
+        {
+            recording.masked(*id, &findings).await;
         }
         if let Some((id, ev)) = event {
             recording.record(id, ev).await;
@@ -817,7 +833,10 @@ enum Event {
     Row(Option<Vec<Option<String>>>),
     Text(String),
     /// One result done; `last`: the response to the decision is too.
-    Complete { tag: String, last: bool },
+    Complete {
+        tag: String,
+        last: bool,
+    },
     Error {
         code: String,
         message: String,
@@ -842,10 +861,10 @@ impl Recording {
     }
 
     async fn recorder(&mut self, id: DecisionId) -> &mut ResultRecorder {
-        if self.current.as_ref().is_some_and(|r| r.decision != id) {
-            if let Some(done) = self.current.take() {
-                done.finish().await;
-            }
+        if self.current.as_ref().is_some_and(|r| r.decision != id)
+            && let Some(done) = self.current.take()
+        {
+            done.finish().await;
         }
         self.current
             .get_or_insert_with(|| self.session.result_recorder(id))

@@ -111,4 +111,3 @@ pub fn psql_args(port: u16) -> Vec<String> {
     .map(|s| s.to_string())
     .collect()
 }
-
