@@ -23,7 +23,7 @@ psql -X -q -h 127.0.0.1 -p $PG_PORT -U postgres -c "CREATE TABLE customers (id i
                                (2, 'Bob Roe', 'bob@example.org', '5500 0000 0000 0004')"
 
 config="$SERVICES_DIR/agentguard.toml"
-sed -e "s|@RUN@|$SERVICES_DIR/run|" -e "s|@POLICIES@|$PWD/policies|" \
+sed -e "s|@RUN@|$SERVICES_DIR/run|" -e "s|@STATE@|$SERVICES_DIR/state|" -e "s|@POLICIES@|$PWD/policies|" \
   -e "s|@HTTP@|$HTTP_PORT|" -e "s|@PG@|$PG_PORT|" examples/demo.toml >"$config"
 
 echo "== the agent's view"
@@ -33,4 +33,7 @@ echo
 echo "== agentguard's decisions"
 grep -E ' (allowed|denied|refused|held for approval)' "$SERVICES_DIR/guard.log" |
   sed -E 's/^[^ ]+ +//; s/agentguard::[a-z:]+: //' || true
+echo
+echo "== the audit log (agentguard audit)"
+"$bin" --config "$config" audit --limit 30
 grep -q ' denied ' "$SERVICES_DIR/guard.log" && grep -q ' allowed ' "$SERVICES_DIR/guard.log"
