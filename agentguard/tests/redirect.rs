@@ -449,3 +449,46 @@ time.sleep(60)
     );
     assert!(server.peers().is_empty(), "nothing may reach the server");
 }
+
+#[test]
+fn tcp_fast_open_is_redirected_too() {
+    require_root();
+    let allowed = PeerServer::start("127.0.0.1:0");
+    let other = PeerServer::start("127.0.0.1:0");
+    let config = TestConfig::new(&target("web", allowed.addr));
+    // sendto(MSG_FASTOPEN) connects inside the send: the same cgroup hook runs.
+    let code = format!(
+        r#"
+import socket
+def tfo(port):
+    s = socket.socket()
+    try:
+        s.sendto(b"hello", socket.MSG_FASTOPEN, ("127.0.0.1", port))
+        return s.makefile().readline().strip() or "ERR empty"
+    except Exception as e:
+        return "ERR " + type(e).__name__
+print("allowed", tfo({a}))
+print("other", tfo({o}))
+"#,
+        a = allowed.addr.port(),
+        o = other.addr.port()
+    );
+    let out = exec(&config, &[PYTHON, "-c", &code]);
+    let (o, e) = (stdout(&out), stderr(&out));
+    let line = o
+        .lines()
+        .find(|l| l.starts_with("allowed "))
+        .unwrap_or_else(|| panic!("{o}\n{e}"));
+    let peer = line.trim_start_matches("allowed peer=");
+    assert!(
+        allowed_lines(&e)
+            .iter()
+            .any(|l| field(l, "upstream_local") == Some(peer)),
+        "a TCP Fast Open connect must go through the proxy: {o}\n{e}"
+    );
+    assert!(o.contains("other ERR"), "{o}\n{e}");
+    assert!(
+        other.peers().is_empty(),
+        "the unlisted server must never see a connection"
+    );
+}
