@@ -130,12 +130,9 @@ fn refusal_inside_a_transaction_keeps_the_transaction_usable() {
     assert_eq!(pg.psql_direct("SELECT count(*) FROM t"), "2");
 }
 
-#[test]
-fn extended_protocol_driver() {
-    require_root();
-    let pg = Pg::start();
-    pg.psql_direct("CREATE TABLE items (id int PRIMARY KEY, name text)");
-    let config = pg_config(&pg, "");
+/// Runs one of this binary's `#[ignore]`d driver tests as the agent inside
+/// `agentguard exec`: a real tokio-postgres client, in the guarded cgroup.
+fn driver_in_guard(config: &TestConfig, pg: &Pg, test: &str) -> std::process::Output {
     let me = std::env::current_exe().expect("test binary");
     let mut cmd = Command::new(bin());
     cmd.arg("--config")
@@ -145,12 +142,21 @@ fn extended_protocol_driver() {
         .args([
             "--ignored",
             "--exact",
-            "tokio_postgres_client",
+            test,
             "--nocapture",
             "--test-threads=1",
         ])
         .env("PGPORT_UNDER_TEST", pg.port.to_string());
-    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    run_with_timeout(cmd, Duration::from_secs(60))
+}
+
+#[test]
+fn extended_protocol_driver() {
+    require_root();
+    let pg = Pg::start();
+    pg.psql_direct("CREATE TABLE items (id int PRIMARY KEY, name text)");
+    let config = pg_config(&pg, "");
+    let out = driver_in_guard(&config, &pg, "tokio_postgres_client");
     let (o, e) = (stdout(&out), stderr(&out));
     assert!(o.contains("CLIENT OK"), "{o}\n{e}");
     assert!(o.contains("refused 42501"), "{o}\n{e}");
@@ -385,21 +391,7 @@ decision := {"action": "allow", "reason": "test", "mask": ["-email", "column:cus
         policy.path().display(),
         pg.addr()
     ));
-    let me = std::env::current_exe().expect("test binary");
-    let mut cmd = Command::new(bin());
-    cmd.arg("--config")
-        .arg(config.path())
-        .args(["exec", "--"])
-        .arg(&me)
-        .args([
-            "--ignored",
-            "--exact",
-            "tokio_postgres_masked_reader",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("PGPORT_UNDER_TEST", pg.port.to_string());
-    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    let out = driver_in_guard(&config, &pg, "tokio_postgres_masked_reader");
     let (o, e) = (stdout(&out), stderr(&out));
     assert!(o.contains("READER OK"), "{o}\n{e}");
     let row = o
