@@ -47,6 +47,7 @@ pub use record::{
 };
 pub use result::ResultRecorder;
 use store::Write;
+pub use writer::redact_sql_passwords;
 
 use crate::{
     config::{Config, OnOverload},
@@ -363,6 +364,11 @@ impl Recorder {
         session: Option<&SessionHandle>,
         mut record: DecisionRecord,
     ) -> Result<DecisionId, AuditError> {
+        crate::metrics::get().decision(
+            record.request.kind(),
+            record::action_str(record.action),
+            record.latency_us,
+        );
         let Some(inner) = &self.inner else {
             return Ok(DecisionId {
                 time_ns: time::now_ns(),

@@ -49,6 +49,13 @@ pub struct Config {
     /// refused.
     #[serde(default = "default_approval_timeout")]
     pub approval_timeout_secs: u64,
+    /// Run for every new hold, with the approval as JSON on stdin (a Slack
+    /// or webhook script): program and arguments. Its failure is logged and
+    /// never blocks the hold.
+    #[serde(default)]
+    pub approval_command: Vec<String>,
+    #[serde(default)]
+    pub control: Control,
     #[serde(default)]
     pub listener: Listener,
     #[serde(default)]
@@ -73,6 +80,9 @@ pub struct Config {
     /// Filled in by `load`: DNS resolvers that UDP port 53 may reach.
     #[serde(skip)]
     pub resolvers: Vec<IpAddr>,
+    /// Filled in by `load`: `[control] metrics_listen`, parsed.
+    #[serde(skip)]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The compiled mask engine, shared by every connection.
@@ -157,6 +167,31 @@ pub enum Protocol {
     Redis,
     Ssh,
     Tcp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Mysql => "mysql",
+            Self::Http => "http",
+            Self::Llm => "llm",
+            Self::K8s => "k8s",
+            Self::Redis => "redis",
+            Self::Ssh => "ssh",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
+/// `[control]`: the daemon's local API (used by the CLI) and metrics.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    /// The control socket. Default: `<run_dir>/agentguard.sock`.
+    pub socket: Option<PathBuf>,
+    /// Also serve `GET /metrics` here (loopback only), e.g. "127.0.0.1:9464".
+    pub metrics_listen: Option<Spanned<String>>,
 }
 
 /// `[audit]`: the decision log and session recordings in
@@ -271,6 +306,8 @@ impl Default for Config {
             run_dir: default_run_dir(),
             bpffs_dir: default_bpffs_dir(),
             approval_timeout_secs: default_approval_timeout(),
+            approval_command: Vec::new(),
+            control: Control::default(),
             listener: Listener::default(),
             dns: Dns::default(),
             audit: Audit::default(),
@@ -280,6 +317,7 @@ impl Default for Config {
             targets: Vec::new(),
             resolved: Vec::new(),
             resolvers: Vec::new(),
+            metrics_addr: None,
         }
     }
 }
@@ -329,6 +367,28 @@ impl Config {
                 message: "[audit] queue must be at least 1".into(),
             });
         }
+        self.metrics_addr = match &self.control.metrics_listen {
+            None => None,
+            Some(s) => {
+                let addr: SocketAddr = s.get_ref().parse().map_err(|e| {
+                    invalid(
+                        s.span(),
+                        "control.metrics_listen",
+                        format!("`{}`: {e} (want ip:port)", s.get_ref()),
+                    )
+                })?;
+                if !addr.ip().is_loopback() {
+                    return Err(invalid(
+                        s.span(),
+                        "control.metrics_listen",
+                        format!(
+                            "{addr} is not a loopback address; metrics are served on loopback only"
+                        ),
+                    ));
+                }
+                Some(addr)
+            }
+        };
         for agent in &self.agents {
             let set = usize::from(agent.cgroup.is_some()) + usize::from(agent.unit.is_some());
             if set != 1 {
@@ -404,6 +464,14 @@ impl Config {
                     .any(|a| SocketAddr::new(crate::net::canonical_ip(a.ip()), a.port()) == dst)
             })
             .map(|r| (&self.targets[r.index], r))
+    }
+
+    /// The control socket's path.
+    pub fn control_socket(&self) -> PathBuf {
+        self.control
+            .socket
+            .clone()
+            .unwrap_or_else(|| self.run_dir.join("agentguard.sock"))
     }
 
     pub fn agent(&self, name: &str) -> Option<&Agent> {

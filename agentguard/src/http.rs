@@ -140,7 +140,8 @@ pub struct Conn {
     pub target: Target,
     pub tls: TlsMode,
     pub ca_file: Option<PathBuf>,
-    pub approval_timeout: Duration,
+    /// Where `approve` decisions wait for a person.
+    pub approvals: Arc<crate::approvals::Approvals>,
     pub connect_timeout: Duration,
     /// The original destination (for dialling the server again).
     pub dst: SocketAddr,

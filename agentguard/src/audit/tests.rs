@@ -44,6 +44,7 @@ fn decision(action: Action) -> Decision {
         reason: format!("{action:?} because"),
         mask: vec!["email".into()],
         policy_version: "v1".into(),
+        approver: None,
     }
 }
 

@@ -367,6 +367,7 @@ fn overload_record(n: u64) -> Write {
             ),
             mask: Vec::new(),
             policy_version: String::new(),
+            approver: None,
         },
         Duration::ZERO,
     );

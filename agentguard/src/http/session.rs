@@ -447,16 +447,8 @@ impl Session {
                 decision
             }
             Action::Approve => {
-                let timeout = self.conn.approval_timeout;
-                warn!(method, path, reason = %decision.reason, ?timeout, "held for approval");
-                tokio::time::sleep(timeout).await;
-                let reason = format!(
-                    "approval required ({}), none given within {}s",
-                    decision.reason,
-                    timeout.as_secs()
-                );
-                warn!(method, path, %reason, "denied");
-                Decision::deny(reason)
+                warn!(method, path, reason = %decision.reason, "held for approval");
+                self.conn.approvals.hold(input, decision).await
             }
         }
     }

@@ -74,7 +74,8 @@ pub struct PgGuard {
     pub target: Target,
     /// How long a statement whose decision is `approve` is held before it is
     /// refused (approvals are granted through the approvals CLI).
-    pub approval_timeout: Duration,
+    /// Where `approve` decisions wait for a person.
+    pub approvals: Arc<crate::approvals::Approvals>,
     pub masker: Option<Arc<Engine>>,
     /// The connection's recording: decisions, and results as forwarded.
     pub session: SessionHandle,
@@ -313,17 +314,7 @@ impl Session {
         match decision.action {
             Action::Allow => debug!(sql, "allowed"),
             Action::Deny => warn!(sql, reason = %decision.reason, "denied"),
-            Action::Approve => {
-                warn!(sql, reason = %decision.reason, timeout = ?self.guard.approval_timeout, "held for approval");
-                tokio::time::sleep(self.guard.approval_timeout).await;
-                let reason = format!(
-                    "approval required ({}), none given within {}s",
-                    decision.reason,
-                    self.guard.approval_timeout.as_secs()
-                );
-                warn!(sql, %reason, "denied");
-                return Decision::deny(reason);
-            }
+            Action::Approve => return self.guard.approvals.hold(&input, decision).await,
         }
         decision
     }
