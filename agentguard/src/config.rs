@@ -137,7 +137,11 @@ pub struct TargetConfig {
     pub protocol: Protocol,
     #[serde(default)]
     pub labels: Vec<String>,
-    /// HTTP-like targets (http, llm, k8s): what to do with TLS.
+    /// HTTP-like targets (http, llm, k8s): intercept or passthrough.
+    /// PostgreSQL targets: TLS to the server, `require` (encrypted, not
+    /// verified, like libpq's sslmode=require) or `verify-full`; unset, the
+    /// server is reached in plaintext. Either way an agent that asks for TLS
+    /// gets it, terminated with a leaf from the agentguard CA.
     #[serde(default)]
     pub tls: TlsMode,
     /// Extra roots (PEM) trusted for this target's upstream certificate,
@@ -146,7 +150,7 @@ pub struct TargetConfig {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum TlsMode {
     /// Decrypt with a leaf minted by the agentguard CA, decide per request,
     /// re-encrypt towards the server (verified).
@@ -154,6 +158,11 @@ pub enum TlsMode {
     Intercept,
     /// No decryption: one decision on the ClientHello's SNI, then bytes.
     Passthrough,
+    /// PostgreSQL: TLS to the server without verifying its certificate.
+    Require,
+    /// PostgreSQL: TLS to the server, certificate and name verified
+    /// against the system roots and `ca_file`.
+    VerifyFull,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -407,6 +416,29 @@ impl Config {
         })?;
         self.masker = Masker(Some(std::sync::Arc::new(engine)));
         self.resolved.clear();
+        for target in &self.targets {
+            let pg = target.protocol == Protocol::Postgres;
+            let http_like = matches!(
+                target.protocol,
+                Protocol::Http | Protocol::Llm | Protocol::K8s
+            );
+            let ok = match target.tls {
+                TlsMode::Intercept => true,
+                TlsMode::Passthrough => http_like,
+                TlsMode::Require | TlsMode::VerifyFull => pg,
+            };
+            if !ok {
+                return Err(ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: format!(
+                        "target `{}`: tls = {:?} does not apply to protocol {} (http, llm, k8s: intercept | passthrough; postgres: require | verify-full)",
+                        target.name,
+                        target.tls,
+                        target.protocol.as_str()
+                    ),
+                });
+            }
+        }
         for (index, target) in self.targets.iter().enumerate() {
             let address = target.address.get_ref();
             let (host, _) = address.rsplit_once(':').ok_or_else(|| {

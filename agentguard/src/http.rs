@@ -130,6 +130,30 @@ impl HttpShared {
     fn upstream(&self) -> &tls::Upstream {
         self.upstream.get_or_init(tls::Upstream::new)
     }
+
+    /// TLS for a PostgreSQL target named `host`: a server side for agents
+    /// that ask for TLS (when the CA exists), and the client side towards
+    /// the server that `mode` asks for.
+    pub fn pg_tls(
+        &self,
+        host: &str,
+        mode: TlsMode,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<crate::pg::session::PgTls, tls::TlsError> {
+        let client = self
+            .ca()
+            .ok()
+            .map(|ca| ca.server_config(host, Vec::new()))
+            .transpose()?;
+        let upstream = match mode {
+            TlsMode::Require => Some((tls::unverified_client_config(), tls::server_name(host)?)),
+            TlsMode::VerifyFull => {
+                Some((self.upstream().config(ca_file)?, tls::server_name(host)?))
+            }
+            TlsMode::Intercept | TlsMode::Passthrough => None,
+        };
+        Ok(crate::pg::session::PgTls { client, upstream })
+    }
 }
 
 /// One guarded HTTP connection's context.

@@ -288,11 +288,32 @@ impl Proxy {
             let _ = upstream.set_nodelay(true);
             match input.target.protocol {
                 Protocol::Postgres => {
+                    let found = self.config.target_for(dst).map(|(t, _)| t);
+                    let host = input
+                        .target
+                        .host
+                        .clone()
+                        .unwrap_or_else(|| input.target.ip.clone());
+                    let tls = match self.http.pg_tls(
+                        &host,
+                        found.map(|t| t.tls).unwrap_or_default(),
+                        found.and_then(|t| t.ca_file.as_deref()),
+                    ) {
+                        Ok(tls) => tls,
+                        Err(e) => {
+                            let reason = format!("TLS for {host} is misconfigured: {e}");
+                            warn!(%reason, "refused");
+                            reset(client);
+                            session.end(0, 0, Some(reason)).await;
+                            return;
+                        }
+                    };
                     let guard = pg::session::PgGuard {
                         decider: Arc::clone(&self.decider),
                         identity: input.identity,
                         target: input.target,
                         approvals: Arc::clone(&self.approvals),
+                        tls,
                         masker: self.config.masker.0.clone(),
                         session: session.clone(),
                     };
