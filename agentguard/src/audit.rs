@@ -12,9 +12,9 @@
 //! decisions refused for overload are counted, logged and summed up in a
 //! record once the writer catches up.
 //!
-//! Crash safety: a reply's last bytes (PostgreSQL's ReadyForQuery, an HTTP
-//! response's head) go out only once the records of its connection are
-//! committed ([`SessionHandle::committed`]). Every queued record carries a
+//! Crash safety: no byte of a reply goes out before the decision records of
+//! its connection are committed ([`SessionHandle::committed`]); what the
+//! response adds later (rows, mask counts, frames) is not waited for. Every queued record carries a
 //! ticket; the writer publishes the highest committed one, and a waiter
 //! makes it commit at once instead of lingering. Commits are shared: under
 //! load one commit (two fsyncs) answers every reply waiting for it.
@@ -351,8 +351,8 @@ pub struct SessionHandle {
     recorder: Recorder,
     pub id: u64,
     next_frame: Arc<AtomicU64>,
-    /// Ticket of the latest write of this connection.
-    last_ticket: Arc<AtomicU64>,
+    /// Ticket of the latest decision of this connection.
+    decided: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for SessionHandle {
@@ -401,7 +401,7 @@ impl Recorder {
             recorder: self.clone(),
             id,
             next_frame: Arc::new(AtomicU64::new(0)),
-            last_ticket: Arc::new(AtomicU64::new(0)),
+            decided: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -566,15 +566,14 @@ impl SessionHandle {
     }
 
     async fn send(&self, w: Write) {
-        let ticket = self.recorder.send(w).await;
-        self.last_ticket.fetch_max(ticket, Ordering::Relaxed);
+        self.recorder.send(w).await;
     }
 
-    /// Resolves once everything this connection recorded so far is
-    /// committed: a reply waits for this before its last bytes go out, so
-    /// a crash never loses the record of a request the agent saw answered.
-    /// Immediate when `[audit] commit_before_reply = false`. `Err`: the
-    /// writer stopped.
+    /// Resolves once every decision of this connection so far is
+    /// committed: replies wait for this before their bytes go out, so a
+    /// crash never loses the record of a request the agent saw answered.
+    /// Cheap once committed (replies call it for every write). Immediate
+    /// when `[audit] commit_before_reply = false`. `Err`: the writer stopped.
     pub async fn committed(&self) -> Result<(), AuditError> {
         if !self
             .recorder
@@ -584,7 +583,7 @@ impl SessionHandle {
         {
             return Ok(());
         }
-        let ticket = self.last_ticket.load(Ordering::Relaxed);
+        let ticket = self.decided.load(Ordering::Relaxed);
         self.recorder.committed(ticket).await
     }
 
@@ -618,7 +617,7 @@ impl SessionHandle {
     /// A decision inside this session; its request becomes the next frame.
     pub async fn decision(&self, record: DecisionRecord) -> Result<DecisionId, AuditError> {
         let (id, ticket) = self.recorder.decision_in(Some(self), record).await?;
-        self.last_ticket.fetch_max(ticket, Ordering::Relaxed);
+        self.decided.fetch_max(ticket, Ordering::Relaxed);
         Ok(id)
     }
 

@@ -514,9 +514,9 @@ impl Session {
         self.released(self.refuse(status, reason)).await
     }
 
-    /// The response goes out once the connection's records are committed
-    /// (its head waits; see audit.rs), so a crash never loses the record
-    /// of a request the agent saw answered.
+    /// The response goes out once this request's decision is committed
+    /// (see audit.rs), so a crash never loses the record of a request the
+    /// agent saw answered. Its mask counts follow when the body is done.
     async fn released(&self, resp: Response<Body>) -> Response<Body> {
         match self.conn.session.committed().await {
             Ok(()) => resp,

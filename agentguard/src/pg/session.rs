@@ -562,15 +562,13 @@ async fn server_to_client(
     let mut portal_columns: HashMap<String, Arc<Vec<Column>>> = HashMap::new();
     let mut current: Option<Arc<Vec<Column>>> = None;
     let mut out = BytesMut::with_capacity(64 * 1024);
-    // `out` holds a ReadyForQuery: it waits for the records' commit.
-    let mut held = false;
     loop {
         // Write what is decoded so far in one go before waiting for more.
         let msg = match codec::decode(&mut buf, MAX_MESSAGE)? {
             Some(m) => m,
             None => {
                 if !out.is_empty() {
-                    release(&client, &mut out, &mut held, &recording.session).await?;
+                    release(&client, &mut out, &recording.session).await?;
                 }
                 if rd.read_buf(&mut buf).await? == 0 {
                     return Ok(());
@@ -731,7 +729,6 @@ async fn server_to_client(
                     }
                 }
                 tag::READY_FOR_QUERY => {
-                    held = true;
                     if let Some(id) = audit_of(st.pending.front()) {
                         event = Some((id, Event::Done));
                     }
@@ -758,26 +755,22 @@ async fn server_to_client(
         }
         out.extend_from_slice(replaced.as_deref().unwrap_or(&msg.raw));
         if out.len() >= 64 * 1024 {
-            release(&client, &mut out, &mut held, &recording.session).await?;
+            release(&client, &mut out, &recording.session).await?;
         }
     }
 }
 
-/// Writes `out` to the client; when it ends a reply (`held`: it holds a
-/// ReadyForQuery), only once the connection's records are committed, so a
-/// crash never loses the record of a statement the client saw answered.
+/// Writes `out` to the client once the decisions it answers are committed,
+/// so a crash never loses the record of a statement the client saw answered.
 async fn release(
     client: &tokio::sync::Mutex<OwnedWriteHalf>,
     out: &mut BytesMut,
-    held: &mut bool,
     session: &SessionHandle,
 ) -> Result<(), PgError> {
-    if std::mem::take(held) {
-        session
-            .committed()
-            .await
-            .map_err(|e| std::io::Error::other(format!("audit: {e}")))?;
-    }
+    session
+        .committed()
+        .await
+        .map_err(|e| std::io::Error::other(format!("audit: {e}")))?;
     client.lock().await.write_all(out).await?;
     out.clear();
     Ok(())
