@@ -3,7 +3,7 @@
 //!
 //! The data path hands records to a [`Recorder`] (cheap to clone); a bounded
 //! channel carries them to one writer thread that commits them to
-//! `<state_dir>/agentguard.redb` in batches (up to 512 records, or what
+//! `<state_dir>/agentguard.redb` in batches (up to 2048 records, or what
 //! arrived within 50 ms of the first). The data path waits on the disk only
 //! when the queue is full: then `on_overload = "block"` waits for room and
 //! `"deny"` returns [`AuditError::Overloaded`] for decisions, which the

@@ -1,5 +1,5 @@
 //! The one thread that writes the database: takes what is queued (up to
-//! 512 records, waiting at most 50 ms after the first for more, unless a
+//! 2048 records, waiting at most 50 ms after the first for more, unless a
 //! reply waits for one of them), masks what could still hold a sensitive
 //! value, commits it in one transaction, publishes the highest ticket
 //! committed, and between batches runs retention in small steps so it never
@@ -23,7 +23,7 @@ use super::{
 };
 use crate::decide::{Action, Decision};
 
-const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = 2048;
 const LINGER: Duration = Duration::from_millis(50);
 /// Records deleted per retention step (one short transaction).
 const EXPIRE_STEP: usize = 2000;
