@@ -208,6 +208,15 @@ pub struct Control {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Audit {
+    /// false: nothing is recorded (no file is opened). For measuring what
+    /// recording costs; a guard without an audit log is a blind one.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// A reply's last bytes go out only once its records are committed, so
+    /// a crash never loses the record of a request the agent saw answered.
+    /// false: replies do not wait; a crash may lose the last ~50 ms.
+    #[serde(default = "yes")]
+    pub commit_before_reply: bool,
     /// Records older than this are deleted in the background.
     #[serde(default = "default_retention_days")]
     pub retention_days: u64,
@@ -240,6 +249,8 @@ pub enum OnOverload {
 impl Default for Audit {
     fn default() -> Self {
         Self {
+            enabled: true,
+            commit_before_reply: true,
             retention_days: default_retention_days(),
             max_db_bytes: default_max_db_bytes(),
             on_overload: OnOverload::Block,
@@ -250,6 +261,9 @@ impl Default for Audit {
     }
 }
 
+fn yes() -> bool {
+    true
+}
 fn default_retention_days() -> u64 {
     30
 }
@@ -621,6 +635,7 @@ labels = ["production"]
         assert_eq!(config.audit.max_db_bytes, 1 << 30);
         assert_eq!(config.audit.on_overload, OnOverload::Block);
         assert_eq!(config.audit.queue, 10_000);
+        assert!(config.audit.enabled && config.audit.commit_before_reply);
         let config = parse("[audit]\nretention_days = 7\non_overload = \"deny\"\nqueue = 16\n")
             .expect("audit config");
         assert_eq!(config.audit.retention_days, 7);

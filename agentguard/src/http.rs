@@ -38,6 +38,7 @@ pub use input::{HttpRequest, LlmRequest, TlsConnect};
 pub use k8s::K8sRequest;
 
 use crate::{
+    audit::SessionHandle,
     config::TlsMode,
     decide::{Action, Decide, Input, Request, Target},
     identity::Identity,
@@ -171,6 +172,8 @@ pub struct Conn {
     pub dst: SocketAddr,
     /// What the agent's ClientHello named; set by the TLS step.
     pub sni: Option<String>,
+    /// The connection's recording: one decision record per request.
+    pub session: SessionHandle,
 }
 
 /// Serves one agent connection until it closes.
@@ -225,6 +228,7 @@ async fn tls_session(
     mut buf: BytesMut,
     mut upstream: TcpStream,
 ) -> Result<(), HttpError> {
+    let started = std::time::Instant::now();
     let hello = match detect::read_client_hello(&mut client, &mut buf, FIRST_BYTES_TIMEOUT).await {
         Ok(h) => h,
         Err(e) => {
@@ -249,7 +253,22 @@ async fn tls_session(
             request,
         };
         let decision = conn.decider.decide(&input);
-        if decision.action != Action::Allow {
+        let record = crate::audit::DecisionRecord::new(
+            Some(conn.session.id),
+            Some(&conn.identity),
+            Some(&conn.target),
+            crate::audit::RequestSummary::Other {
+                summary: format!(
+                    "TLS passthrough sni={}",
+                    hello.sni.as_deref().unwrap_or("-")
+                ),
+            },
+            &decision,
+            started.elapsed(),
+        );
+        // Nothing is answered by the guard here: no commit to wait for.
+        let recorded = conn.session.decision(record).await;
+        if decision.action != Action::Allow || recorded.is_err() {
             crate::proxy::reset(client);
             return Err(HttpError::Refused(format!(
                 "TLS passthrough to sni {:?}: {}",

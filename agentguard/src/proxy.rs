@@ -339,6 +339,7 @@ impl Proxy {
                         connect_timeout: timeout,
                         dst,
                         sni: None,
+                        session: session.clone(),
                     };
                     let error = match http::run(conn, client, upstream).await {
                         Ok(()) => None,

@@ -15,72 +15,37 @@ use std::{
     time::Duration,
 };
 
-use common::{pg::*, *};
+use common::{daemon::Setup, pg::*, *};
 use serde_json::Value;
 
+/// A daemon of the test's own (tests/common/daemon.rs), restartable.
 struct Daemon {
-    config: TestConfig,
-    cgroup_rel: String,
-    cgroup_dir: PathBuf,
-    bpffs: PathBuf,
+    setup: Setup,
     child: Option<Killed>,
     log: PathBuf,
+    runs: usize,
 }
 
 impl Daemon {
-    /// A daemon guarding one agent cgroup, with `body` added to its config.
-    fn start(name: &str, body: &str) -> Self {
-        let t = tag();
-        let cgroup_rel = format!("/agentguard-{name}-{t}/agent");
-        let bpffs = PathBuf::from(format!("/sys/fs/bpf/agentguard-{name}-{t}"));
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let config = TestConfig::new(&format!(
-            "bpffs_dir = \"{}\"\n{body}\n[listener]\nport = {port}\n[[agents]]\nname = \"agent\"\ncgroup = \"{cgroup_rel}\"\n",
-            bpffs.display(),
-        ));
-        let log = config.dir.path().join("daemon.log");
+    /// `top`: top-level config keys; `tables`: targets, `[control]`.
+    fn start(name: &str, top: &str, tables: &str) -> Self {
         let mut d = Self {
-            cgroup_dir: cgroup2_mount().join(cgroup_rel.trim_start_matches('/')),
-            cgroup_rel,
-            bpffs,
-            config,
+            setup: Setup::new(name, top, true, tables),
             child: None,
-            log,
+            log: PathBuf::new(),
+            runs: 0,
         };
         d.spawn();
         d
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(bin())
-            .arg("--config")
-            .arg(self.config.path())
-            .arg("run")
-            .env("AGENTGUARD_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(
-                fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.log)
-                    .expect("log"),
-            )
-            .spawn()
-            .expect("daemon");
-        let pid = child.id();
-        self.child = Some(Killed(child));
-        let info = self.config.dir.path().join("run/daemon.json");
-        let sock = self.config.dir.path().join("run/agentguard.sock");
-        wait_for("daemon ready", Duration::from_secs(20), || {
-            sock.exists()
-                && fs::read_to_string(&info)
-                    .ok()
-                    .and_then(|j| serde_json::from_str::<Value>(&j).ok())
-                    .is_some_and(|v| v["pid"].as_u64() == Some(u64::from(pid)))
-        });
+        self.runs += 1;
+        let (child, log) = self
+            .setup
+            .start_daemon(&format!("daemon-{}.log", self.runs));
+        self.child = Some(child);
+        self.log = log;
     }
 
     fn kill9(&mut self) {
@@ -89,9 +54,7 @@ impl Daemon {
     }
 
     fn cli(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(bin());
-        cmd.arg("--config").arg(self.config.path()).args(args);
-        run_with_timeout(cmd, Duration::from_secs(30))
+        self.setup.cli(args)
     }
 
     /// `agentguard approvals --json`, pending part.
@@ -120,17 +83,10 @@ impl Daemon {
         id.expect("pending id")
     }
 
-    /// A command started inside the agent cgroup.
+    /// A command started inside the agent cgroup, output captured.
     fn in_agent(&self, argv: &[String]) -> Command {
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(format!(
-                "echo $$ > {}/cgroup.procs && exec \"$@\"",
-                self.cgroup_dir.display()
-            ))
-            .arg("sh")
-            .args(argv)
-            .stdin(Stdio::null())
+        let mut cmd = self.setup.in_cgroup(argv);
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         cmd
@@ -143,24 +99,13 @@ impl Daemon {
         self.in_agent(&argv).spawn().expect("psql")
     }
 
+    /// This run's log.
     fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
-}
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill9();
-        let _ = Command::new(bin())
-            .arg("--config")
-            .arg(self.config.path())
-            .args(["detach", "--cgroup", &self.cgroup_rel])
-            .output();
-        let _ = fs::remove_dir_all(&self.bpffs);
-        let _ = fs::remove_dir(&self.cgroup_dir);
-        if let Some(parent) = self.cgroup_dir.parent() {
-            let _ = fs::remove_dir(parent);
-        }
+    fn config(&self) -> &TestConfig {
+        &self.setup.config
     }
 }
 
@@ -224,8 +169,11 @@ fn approvals_hold_psql_until_a_person_answers() {
     let mut d = Daemon::start(
         "approve",
         &format!(
-            "approval_timeout_secs = 60\napproval_command = [\"sh\", \"-c\", \"cat >> {}\"]\n[[targets]]\nname = \"prod-db\"\naddress = \"{}\"\nprotocol = \"postgres\"\nlabels = [\"production\"]\n",
+            "approval_timeout_secs = 60\napproval_command = [\"sh\", \"-c\", \"cat >> {}\"]\n",
             notified.path().display(),
+        ),
+        &format!(
+            "[[targets]]\nname = \"prod-db\"\naddress = \"{}\"\nprotocol = \"postgres\"\nlabels = [\"production\"]\n",
             pg.addr()
         ),
     );
@@ -298,7 +246,7 @@ fn approvals_hold_psql_until_a_person_answers() {
     );
     let id = d.wait_pending("UPDATE accounts SET owner");
     let mut argv = vec![bin().to_owned(), "--config".to_owned()];
-    argv.push(d.config.path().display().to_string());
+    argv.push(d.config().path().display().to_string());
     argv.extend(["approve".to_owned(), id.clone()]);
     let agent_try = d.in_agent(&argv).output().expect("agent approve");
     assert!(!agent_try.status.success());
@@ -462,8 +410,8 @@ fn control_socket_authorizes_by_peer_credentials() {
     // first group at start.
     let readers = group_gid("agentguard");
     let approvers = group_gid("agentguard-approvers");
-    let d = Daemon::start("authz", "");
-    let sock = d.config.dir.path().join("run/agentguard.sock");
+    let d = Daemon::start("authz", "", "");
+    let sock = d.config().dir.path().join("run/agentguard.sock");
     let meta = fs::metadata(&sock).expect("socket");
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
     use std::os::unix::fs::MetadataExt as _;
@@ -471,12 +419,12 @@ fn control_socket_authorizes_by_peer_credentials() {
     // The user `nobody` must be able to read the config and reach the socket
     // folder; the socket itself is what is being tested.
     for p in [
-        d.config.dir.path().to_owned(),
-        d.config.dir.path().join("run"),
+        d.config().dir.path().to_owned(),
+        d.config().dir.path().join("run"),
     ] {
         fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).expect("chmod");
     }
-    fs::set_permissions(d.config.path(), fs::Permissions::from_mode(0o644)).expect("chmod");
+    fs::set_permissions(d.config().path(), fs::Permissions::from_mode(0o644)).expect("chmod");
     let as_nobody = |groups: &str, args: &[&str]| {
         let mut cmd = Command::new("setpriv");
         cmd.args(["--reuid=65534", "--regid=65534"]);
@@ -487,7 +435,7 @@ fn control_socket_authorizes_by_peer_credentials() {
         }
         cmd.arg(bin())
             .arg("--config")
-            .arg(d.config.path())
+            .arg(d.config().path())
             .args(args);
         run_with_timeout(cmd, Duration::from_secs(30))
     };
@@ -542,6 +490,7 @@ fn metrics_on_loopback_tcp_when_configured() {
         .expect("free port");
     let d = Daemon::start(
         "metrics",
+        "",
         &format!("[control]\nmetrics_listen = \"127.0.0.1:{port}\"\n"),
     );
     let out = Command::new("curl")

@@ -688,8 +688,7 @@ async fn server_to_client(
             Some(m) => m,
             None => {
                 if !out.is_empty() {
-                    client.lock().await.write_all(&out).await?;
-                    out.clear();
+                    release(&client, &mut out, &recording.session).await?;
                 }
                 if rd.read_buf(&mut buf).await? == 0 {
                     return Ok(());
@@ -876,10 +875,25 @@ async fn server_to_client(
         }
         out.extend_from_slice(replaced.as_deref().unwrap_or(&msg.raw));
         if out.len() >= 64 * 1024 {
-            client.lock().await.write_all(&out).await?;
-            out.clear();
+            release(&client, &mut out, &recording.session).await?;
         }
     }
+}
+
+/// Writes `out` to the client once the decisions it answers are committed,
+/// so a crash never loses the record of a statement the client saw answered.
+async fn release(
+    client: &tokio::sync::Mutex<Wr>,
+    out: &mut BytesMut,
+    session: &SessionHandle,
+) -> Result<(), PgError> {
+    session
+        .committed()
+        .await
+        .map_err(|e| std::io::Error::other(format!("audit: {e}")))?;
+    client.lock().await.write_all(out).await?;
+    out.clear();
+    Ok(())
 }
 
 /// Types whose binary form is their text (so detectors can read it).
