@@ -68,6 +68,7 @@ fn record(i: u64, now_ns: u64, records: u64) -> DecisionRecord {
         reason: "bench policy".into(),
         mask: vec!["email".into()],
         policy_version: "0123456789abcdef".into(),
+        approver: None,
     };
     let mut r = DecisionRecord::new(
         Some(i / 20),
