@@ -55,6 +55,8 @@ pub struct Config {
     pub dns: Dns,
     #[serde(default)]
     pub audit: Audit,
+    #[serde(default)]
+    pub unix_sockets: UnixSockets,
     /// The mask engine's configuration (agentguard-mask `MaskConfig`):
     /// threshold, hash key, default selection, custom patterns, per-target
     /// overrides.
@@ -106,6 +108,48 @@ pub struct Listener {
 pub struct Dns {
     /// Resolvers agents may query on UDP port 53. Unset: those in /etc/resolv.conf.
     pub resolvers: Option<Vec<Spanned<String>>>,
+}
+
+/// Agents' unix-socket connects and datagrams (kernel 6.7+,
+/// `crate::unixguard`): refused except to the sockets listed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnixSockets {
+    /// false: agents reach any unix socket their uid may open.
+    #[serde(default = "yes")]
+    pub guard: bool,
+    /// Exact addresses as the agent spells them (a symlink or relative
+    /// spelling of one is refused); `@name` for an abstract socket.
+    #[serde(default = "default_unix_allow")]
+    pub allow: Vec<Spanned<String>>,
+}
+
+impl Default for UnixSockets {
+    fn default() -> Self {
+        Self {
+            guard: true,
+            allow: default_unix_allow(),
+        }
+    }
+}
+
+impl UnixSockets {
+    /// What the loader needs: `None` when the guard is off.
+    pub fn allow_list(&self) -> Option<Vec<String>> {
+        self.guard
+            .then(|| self.allow.iter().map(|a| a.get_ref().clone()).collect())
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_unix_allow() -> Vec<Spanned<String>> {
+    crate::unixguard::DEFAULT_ALLOW
+        .iter()
+        .map(|p| Spanned::new(0..0, (*p).to_owned()))
+        .collect()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -274,6 +318,7 @@ impl Default for Config {
             listener: Listener::default(),
             dns: Dns::default(),
             audit: Audit::default(),
+            unix_sockets: UnixSockets::default(),
             mask: agentguard_mask::MaskConfig::default(),
             masker: Masker::default(),
             agents: Vec::new(),
@@ -374,6 +419,18 @@ impl Config {
                     .to_owned(),
                 addrs,
             });
+        }
+        for entry in &self.unix_sockets.allow {
+            if agentguard_common::UnixPath::parse(entry.get_ref()).is_none() {
+                return Err(invalid(
+                    entry.span(),
+                    "unix_sockets.allow",
+                    format!(
+                        "`{}` is not a unix socket address (a path or @name, at most 108 bytes)",
+                        entry.get_ref()
+                    ),
+                ));
+            }
         }
         self.resolvers = match &self.dns.resolvers {
             Some(list) => list

@@ -16,3 +16,4 @@ pub mod pg;
 pub mod policy;
 pub mod proxy;
 pub mod redirect;
+pub mod unixguard;

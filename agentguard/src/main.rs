@@ -18,6 +18,7 @@ use agentguard::{
     config::Config,
     daemon, exec, policy,
     redirect::{self, LoadOptions, Redirect},
+    unixguard,
 };
 
 #[derive(Parser)]
@@ -184,6 +185,7 @@ fn attach(config: &Config, arg: &CgroupArg) -> anyhow::Result<()> {
         proxy_port: port,
         pin_dir: Some(&config.bpffs_dir),
         dns_resolvers: &config.resolvers,
+        unix_allow: config.unix_sockets.allow_list().as_deref(),
     })?;
     redirect.attach(&cg)?;
     println!(
@@ -248,6 +250,17 @@ fn status(config: &Config) -> anyhow::Result<()> {
         })
         .collect();
     println!("programs:  {}", programs.join(", "));
+    let unix = if state.unix_guard {
+        "guarded (cgroup/connect_unix, cgroup/sendmsg_unix)".to_owned()
+    } else if !config.unix_sockets.guard {
+        "NOT guarded (unix_sockets.guard = false)".to_owned()
+    } else {
+        match unixguard::probe() {
+            Ok(()) => "guard not loaded yet (this kernel supports it)".to_owned(),
+            Err(e) => e.to_string(),
+        }
+    };
+    println!("unix sockets: {unix}");
     let mount = cgroup::cgroup2_mount().ok();
     if state.attached.is_empty() {
         println!("attached:  none");

@@ -7,7 +7,7 @@ mod common;
 
 use std::{net::SocketAddr, process::Command, time::Duration};
 
-use common::*;
+use common::{pg::*, *};
 
 const URING_ENV: &str = "AGENTGUARD_TEST_URING_TO";
 
@@ -258,4 +258,159 @@ fn root_agent_can_leave_its_cgroup_which_is_why_agents_must_not_be_root() {
     assert!(o.contains(&format!("move {procs} moved")), "{o}\n{e}");
     assert!(o.contains("connect peer="), "{o}\n{e}");
     assert_eq!(other.peers().len(), 1, "root reached it unguarded");
+}
+
+/// A unix-socket server outside the guard that answers "unix-ok".
+const UNIX_SERVER: &str = r#"
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1]); s.listen(8)
+while True:
+    c, _ = s.accept(); c.sendall(b"unix-ok\n"); c.close()
+"#;
+
+/// Connects to each unix address given (`@name`: abstract) and prints what
+/// it got, then tries a symlink to the first.
+const UNIX_CLIENT: &str = r#"
+import os, socket, sys
+def talk(addr):
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(addr.replace("@", "\0", 1) if addr.startswith("@") else addr)
+        return s.makefile().readline().strip() or "ERR empty"
+    except OSError as e:
+        return "ERR " + type(e).__name__
+for addr in sys.argv[2:]:
+    print("unix", addr, talk(addr))
+link = sys.argv[1]
+os.symlink(sys.argv[2], link)
+print("symlink", talk(link))
+"#;
+
+#[test]
+fn unix_socket_connects_are_refused_unless_allowed() {
+    require_root();
+    let unavailable = {
+        let out = Command::new(bin()).arg("status").output().expect("status");
+        let text = stdout(&out);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("unix sockets:"))
+            .unwrap_or_else(|| panic!("status must say whether unix sockets are guarded: {text}"))
+            .to_owned();
+        line.contains("NOT guarded").then_some(line)
+    };
+    if let Some(line) = unavailable {
+        // Before 6.7 the vector stays open; status must say so (it did).
+        let release = sh("uname -r");
+        eprintln!("{line} (kernel {})", stdout(&release).trim());
+        return;
+    }
+    let pg = Pg::start();
+    let socket = pg
+        .dir
+        .path()
+        .join("data")
+        .join(format!(".s.PGSQL.{}", pg.port));
+    assert!(
+        socket.exists(),
+        "PostgreSQL's unix socket {}",
+        socket.display()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let allowed = dir.path().join("allowed.sock");
+    let _server = Killed(
+        Command::new(PYTHON)
+            .args(["-c", UNIX_SERVER])
+            .arg(&allowed)
+            .spawn()
+            .expect("unix server"),
+    );
+    wait_for("unix server", Duration::from_secs(10), || allowed.exists());
+    let config = TestConfig::new(&format!(
+        "[[targets]]\nname = \"app-db\"\naddress = \"{}\"\nprotocol = \"postgres\"\n\
+         [unix_sockets]\nallow = [\"{}\"]\n",
+        pg.addr(),
+        allowed.display()
+    ));
+    // psql over the socket: refused. psql over TCP: through the guard.
+    let psql = pg_bin("psql").display().to_string();
+    let socket_dir = socket.parent().expect("dir").display().to_string();
+    let port = pg.port.to_string();
+    let script = format!(
+        "{psql} -X -A -t -h {socket_dir} -p {port} -U postgres -c \"select 'over-unix'\" 2>&1; \
+         {psql} -X -A -t -h 127.0.0.1 -p {port} -U postgres -c \"select 'over-tcp'\" 2>&1"
+    );
+    let out = exec(&config, &["sh", "-c", &script]);
+    let (o, e) = (stdout(&out), stderr(&out));
+    assert!(
+        !o.contains("over-unix"),
+        "psql reached PostgreSQL over its unix socket: {o}\n{e}"
+    );
+    assert!(o.contains("Operation not permitted"), "{o}\n{e}");
+    assert!(
+        o.contains("over-tcp"),
+        "TCP through the guard must work: {o}\n{e}"
+    );
+    assert!(
+        allowed_lines(&e)
+            .iter()
+            .any(|l| l.contains("app-db") || l.contains(&pg.addr().to_string())),
+        "{e}"
+    );
+
+    // Allow-listed: works. A symlink to it, an abstract name, the database
+    // socket from Python: refused.
+    let link = dir.path().join("link.sock").display().to_string();
+    let out = exec(
+        &config,
+        &[
+            PYTHON,
+            "-c",
+            UNIX_CLIENT,
+            &link,
+            &allowed.display().to_string(),
+            &socket.display().to_string(),
+            "@agentguard-test-abstract",
+        ],
+    );
+    let (o, e) = (stdout(&out), stderr(&out));
+    assert!(
+        o.contains(&format!("unix {} unix-ok", allowed.display())),
+        "{o}\n{e}"
+    );
+    assert!(
+        o.contains(&format!("unix {} ERR PermissionError", socket.display())),
+        "{o}\n{e}"
+    );
+    assert!(
+        o.contains("unix @agentguard-test-abstract ERR PermissionError"),
+        "{o}\n{e}"
+    );
+    assert!(o.contains("symlink ERR PermissionError"), "{o}\n{e}");
+
+    // Each refusal is audited with who asked and where to.
+    let denied = audited_denials(&config, "unix socket not in unix_sockets.allow");
+    let to = |what: &str| {
+        denied
+            .iter()
+            .filter(|r| r["request"]["summary"] == format!("unix connect {what}"))
+            .collect::<Vec<_>>()
+    };
+    // comm comes from the kernel's report; exe from /proc, gone once psql
+    // has exited.
+    let db = to(&socket.display().to_string());
+    for who in ["psql", "python3"] {
+        assert!(
+            db.iter().any(|r| r["identity"]["comm"] == who),
+            "{who}'s attempt: {denied:?}"
+        );
+    }
+    assert_eq!(to(&link).len(), 1, "{denied:?}");
+    assert_eq!(to("@agentguard-test-abstract").len(), 1, "{denied:?}");
+    assert!(to(&allowed.display().to_string()).is_empty(), "{denied:?}");
+    for r in &denied {
+        assert_eq!(r["identity"]["uid"], 0, "{r}");
+        assert!(r["identity"]["pid"].as_u64() > Some(1), "{r}");
+    }
 }
