@@ -69,7 +69,10 @@ fn start_daemon(setup: &Setup, log_name: &str) -> (Killed, PathBuf) {
 /// A client placed straight into the agent's cgroup (as a service manager
 /// would place an agent), independent of any agentguard process.
 fn client_in_cgroup(setup: &Setup, port: u16) -> String {
-    let client = py_client("127.0.0.1", port);
+    run_in_cgroup(setup, &py_client("127.0.0.1", port))
+}
+
+fn run_in_cgroup(setup: &Setup, client: &[String]) -> String {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(format!(
@@ -77,7 +80,7 @@ fn client_in_cgroup(setup: &Setup, port: u16) -> String {
             setup.cgroup_dir.display()
         ))
         .arg("sh")
-        .args(&client);
+        .args(client);
     stdout(&run_with_timeout(cmd, Duration::from_secs(30)))
         .trim()
         .to_owned()
@@ -172,6 +175,16 @@ fn killed_daemon_fails_closed_and_restart_recovers() {
         fs::read_to_string(&log2).unwrap_or_default()
     );
     assert_eq!(server.peers().len(), before + 1);
+
+    // The restart swapped the unix-socket guard inside its pinned links too.
+    let st = status(&setup);
+    if !st.contains("NOT guarded") {
+        assert!(st.contains("unix sockets: guarded"), "{st}");
+        let code = "import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect('/run/agentguard-test-nothing.sock'); print('connected')\nexcept OSError as e:\n    print(type(e).__name__)";
+        let line = run_in_cgroup(&setup, &[PYTHON.into(), "-c".into(), code.into()]);
+        // Without the guard: FileNotFoundError (no such socket).
+        assert_eq!(line, "PermissionError");
+    }
 }
 
 #[test]
