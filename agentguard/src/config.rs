@@ -595,6 +595,32 @@ labels = ["production"]
     }
 
     #[test]
+    fn unix_socket_allow_list() {
+        let config = parse("").expect("defaults");
+        let allow = config
+            .unix_sockets
+            .allow_list()
+            .expect("guarded by default");
+        assert!(allow.contains(&"/run/nscd/socket".to_owned()), "{allow:?}");
+        let config = parse("[unix_sockets]\nguard = false\n").expect("off");
+        assert!(config.unix_sockets.allow_list().is_none());
+        let config = parse("[unix_sockets]\nallow = []\n").expect("none allowed");
+        assert_eq!(config.unix_sockets.allow_list(), Some(Vec::new()));
+        let long = "x".repeat(200);
+        let err =
+            parse(&format!("\n[unix_sockets]\nallow = [\"{long}\"]\n")).expect_err("too long");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("unix_sockets.allow") && msg.contains("line 3"),
+            "{msg}"
+        );
+        assert!(
+            parse("[unix_sockets]\nalow = []\n").is_err(),
+            "typo must fail"
+        );
+    }
+
+    #[test]
     fn agent_needs_cgroup_or_unit() {
         assert!(parse("[[agents]]\nname = \"a\"\n").is_err());
         assert!(

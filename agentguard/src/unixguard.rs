@@ -330,3 +330,37 @@ pub async fn audit_refusals(
 pub fn pin_path(pin_dir: &Path, name: &str) -> PathBuf {
     pin_dir.join("progs").join(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configured_names_become_the_kernels_keys() {
+        let p = UnixPath::parse("/run/nscd/socket").expect("path");
+        assert_eq!(p.len, 16);
+        assert_eq!(&p.path[..16], b"/run/nscd/socket");
+        assert!(p.path[16..].iter().all(|&b| b == 0));
+        assert_eq!(display_path(&p), "/run/nscd/socket");
+
+        let a = UnixPath::parse("@agent").expect("abstract");
+        assert_eq!(a.len, 6);
+        assert_eq!(&a.path[..6], b"\0agent");
+        assert_eq!(display_path(&a), "@agent");
+
+        assert!(UnixPath::parse("").is_none());
+        assert!(UnixPath::parse("@").is_none());
+        assert!(UnixPath::parse("/a\0b").is_none());
+        assert!(UnixPath::parse(&"x".repeat(108)).is_some());
+        assert!(UnixPath::parse(&"x".repeat(109)).is_none());
+        assert!(UnixPath::parse(&format!("@{}", "x".repeat(107))).is_some());
+        assert!(UnixPath::parse(&format!("@{}", "x".repeat(108))).is_none());
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        for p in DEFAULT_ALLOW {
+            assert!(UnixPath::parse(p).is_some(), "{p}");
+        }
+    }
+}
