@@ -70,6 +70,14 @@ else
   LLVM_PREFIX="$prefix" cargo install --locked bpf-linker --no-default-features --features "llvm-$llvm_major"
 fi
 
+# --- cargo-fuzz, for scripts/fuzz.sh (the decoders' fuzz targets) --------------
+if command -v cargo-fuzz >/dev/null 2>&1; then
+  log "cargo-fuzz present"
+else
+  log "installing cargo-fuzz"
+  cargo install --locked cargo-fuzz
+fi
+
 # --- bpffs, where the daemon pins its programs --------------------------------
 if ! grep -qs ' /sys/fs/bpf bpf ' /proc/mounts; then
   log "mounting bpffs at /sys/fs/bpf"

@@ -29,6 +29,12 @@ set +e
 cargo test 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+# Fuzz every decoder briefly from the committed corpus (a crash fails the
+# run); longer runs: scripts/fuzz.sh 600.
+if [[ $status -eq 0 ]]; then
+  echo "== fuzz (${AGENTGUARD_FUZZ_SECONDS:-15}s per target)"
+  bash scripts/fuzz.sh "${AGENTGUARD_FUZZ_SECONDS:-15}" || status=1
+fi
 # One closing line for the whole run (cargo prints one per test binary, and
 # the last binary may well have no tests).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }

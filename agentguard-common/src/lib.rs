@@ -21,6 +21,18 @@ pub const PROG_SENDMSG4: &str = "sendmsg4";
 pub const PROG_SENDMSG6: &str = "sendmsg6";
 pub const PROG_SOCK_OPS: &str = "sock_ops";
 
+/// The unix-socket guard (kernel 6.7+): its own object (`agentguard-unix`),
+/// loaded apart so that older kernels run everything else.
+pub const PROG_CONNECT_UNIX: &str = "connect_unix";
+pub const PROG_SENDMSG_UNIX: &str = "sendmsg_unix";
+/// The one program in that object, loaded once per attach type.
+pub const PROG_UNIX_GUARD: &str = "unix_guard";
+pub const MAP_UNIX_ALLOW: &str = "UNIX_ALLOW";
+pub const MAP_UNIX_REFUSALS: &str = "UNIX_REFUSALS";
+pub const UNIX_ALLOW_ENTRIES: u32 = 1024;
+/// `sun_path` of `struct sockaddr_un`.
+pub const UNIX_PATH_MAX: usize = 108;
+
 /// Bounds of the LRU maps. An LRU map evicts instead of failing an insert, so
 /// a flood of connects can never make the hook start refusing (or, worse,
 /// passing) connections; 64k in-flight handshakes is far beyond one host's use.
@@ -60,6 +72,55 @@ pub struct Origin {
     pub tgid: u32,
     pub uid: u32,
     pub gid: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+}
+
+/// A unix socket address as the kernel resolves it: a path up to its first
+/// NUL, or an abstract name (leading NUL, then exactly `len - 1` bytes).
+/// Bytes past `len` are zero, so equal addresses are equal keys.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixPath {
+    pub len: u32,
+    pub path: [u8; UNIX_PATH_MAX],
+}
+
+impl UnixPath {
+    pub const EMPTY: Self = Self {
+        len: 0,
+        path: [0; UNIX_PATH_MAX],
+    };
+
+    /// A configured name: `/a/path`, or `@name` for an abstract socket.
+    /// `None`: too long, empty, or a path with a NUL in it.
+    pub fn parse(name: &str) -> Option<Self> {
+        let mut key = Self::EMPTY;
+        let bytes = name.as_bytes();
+        let (at, raw) = match bytes.split_first() {
+            Some((b'@', rest)) => (1, rest),
+            Some(_) if !bytes.contains(&0) => (0, bytes),
+            _ => return None,
+        };
+        let len = at + raw.len();
+        if len > UNIX_PATH_MAX || raw.is_empty() {
+            return None;
+        }
+        key.path[at..len].copy_from_slice(raw);
+        key.len = len as u32;
+        Some(key)
+    }
+}
+
+/// A refused unix-socket connect or send, for the audit log.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UnixRefusal {
+    pub path: UnixPath,
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub _pad: u32,
     pub cgroup_id: u64,
     pub comm: [u8; 16],
 }
@@ -105,4 +166,6 @@ mod user {
     unsafe impl aya::Pod for super::Addr {}
     unsafe impl aya::Pod for super::SockKey {}
     unsafe impl aya::Pod for super::Origin {}
+    unsafe impl aya::Pod for super::UnixPath {}
+    unsafe impl aya::Pod for super::UnixRefusal {}
 }

@@ -1,6 +1,8 @@
 //! The bpf(2) commands aya 0.14 does not expose for pinned links: open a
-//! pinned object, swap a link's program atomically, force-detach; and the
-//! effective-program query the control socket uses to spot agents.
+//! pinned object, swap a link's program atomically, force-detach; for
+//! the unix-socket guard (attach types aya 0.14 does not know), load a
+//! program, link it to a cgroup and pin it; and the effective-program
+//! query the control socket uses to spot agents.
 
 use std::{
     ffi::CString,
@@ -25,8 +27,11 @@ const BPF_PROG_QUERY: libc::c_long = 16;
 /// enum bpf_attach_type.
 pub const BPF_CGROUP_INET4_CONNECT: u32 = 10;
 const BPF_F_QUERY_EFFECTIVE: u64 = 1;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_LINK_CREATE: libc::c_long = 28;
 
-fn bpf(cmd: libc::c_long, attr: &mut [u64; 4]) -> io::Result<libc::c_long> {
+fn bpf(cmd: libc::c_long, attr: &mut [u64]) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a zero-initialised buffer at least as large as the
     // union member each command reads; its size is passed along.
     let ret = unsafe {
@@ -46,12 +51,89 @@ fn bpf(cmd: libc::c_long, attr: &mut [u64; 4]) -> io::Result<libc::c_long> {
 
 /// Opens a pinned program, map or link.
 pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let c = c_path(path)?;
     // union bpf_attr { __aligned_u64 pathname; __u32 bpf_fd; __u32 file_flags; ... }
     let mut attr = [c.as_ptr() as u64, 0, 0, 0];
     let fd = bpf(BPF_OBJ_GET, &mut attr)?;
     // SAFETY: the kernel returned a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+/// Pins a program, map or link.
+pub fn obj_pin(fd: &impl AsFd, path: &Path) -> io::Result<()> {
+    let c = c_path(path)?;
+    // { __aligned_u64 pathname; __u32 bpf_fd; __u32 file_flags; }
+    let mut attr = [
+        c.as_ptr() as u64,
+        fd.as_fd().as_raw_fd() as u32 as u64,
+        0,
+        0,
+    ];
+    bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+/// Loads a program; on a verifier refusal the error carries its log.
+pub fn prog_load(
+    prog_type: u32,
+    expected_attach_type: u32,
+    insns: &[[u8; 8]],
+    name: &str,
+) -> io::Result<OwnedFd> {
+    let license = c"GPL";
+    let mut prog_name = [0u8; 16];
+    for (d, s) in prog_name.iter_mut().take(15).zip(name.bytes()) {
+        *d = s;
+    }
+    // union bpf_attr, BPF_PROG_LOAD: prog_type, insn_cnt, insns, license,
+    // log_level, log_size, log_buf, kern_version, prog_flags,
+    // prog_name[16], prog_ifindex, expected_attach_type; the rest zero.
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(prog_type) | ((insns.len() as u64) << 32);
+    attr[1] = insns.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    attr[6] = u64::from_le_bytes(prog_name[..8].try_into().unwrap_or_default());
+    attr[7] = u64::from_le_bytes(prog_name[8..].try_into().unwrap_or_default());
+    attr[8] = u64::from(expected_attach_type) << 32;
+    let e = match bpf(BPF_PROG_LOAD, &mut attr.clone()) {
+        // SAFETY: a fresh fd that nothing else owns.
+        Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
+        Err(e) => e,
+    };
+    // Again with the verifier's log (not the first time: a log that
+    // overflows fails an otherwise good load).
+    let mut log = vec![0u8; 1 << 20];
+    attr[3] = 1 | ((log.len() as u64) << 32);
+    attr[4] = log.as_mut_ptr() as u64;
+    let _ = bpf(BPF_PROG_LOAD, &mut attr).map(|fd| {
+        // SAFETY: as above; closed at once.
+        drop(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    });
+    let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+    let text = String::from_utf8_lossy(&log[..end]);
+    let tail: Vec<&str> = text.lines().rev().take(8).collect();
+    if tail.is_empty() {
+        return Err(e);
+    }
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    Err(io::Error::new(
+        e.kind(),
+        format!("{e}: {}", tail.join(" | ")),
+    ))
+}
+
+/// Links a program to a cgroup (BPF_LINK_CREATE).
+pub fn link_create(prog: &impl AsFd, cgroup: &impl AsFd, attach_type: u32) -> io::Result<OwnedFd> {
+    // { __u32 prog_fd; __u32 target_fd; __u32 attach_type; __u32 flags; ... }
+    let lo = prog.as_fd().as_raw_fd() as u32 as u64;
+    let hi = (cgroup.as_fd().as_raw_fd() as u32 as u64) << 32;
+    let mut attr = [lo | hi, u64::from(attach_type), 0, 0, 0, 0];
+    let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: a fresh fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 

@@ -62,6 +62,8 @@ pub struct Config {
     pub dns: Dns,
     #[serde(default)]
     pub audit: Audit,
+    #[serde(default)]
+    pub unix_sockets: UnixSockets,
     /// The mask engine's configuration (agentguard-mask `MaskConfig`):
     /// threshold, hash key, default selection, custom patterns, per-target
     /// overrides.
@@ -116,6 +118,44 @@ pub struct Listener {
 pub struct Dns {
     /// Resolvers agents may query on UDP port 53. Unset: those in /etc/resolv.conf.
     pub resolvers: Option<Vec<Spanned<String>>>,
+}
+
+/// Agents' unix-socket connects and datagrams (kernel 6.7+,
+/// `crate::unixguard`): refused except to the sockets listed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnixSockets {
+    /// false: agents reach any unix socket their uid may open.
+    #[serde(default = "yes")]
+    pub guard: bool,
+    /// Exact addresses as the agent spells them (a symlink or relative
+    /// spelling of one is refused); `@name` for an abstract socket.
+    #[serde(default = "default_unix_allow")]
+    pub allow: Vec<Spanned<String>>,
+}
+
+impl Default for UnixSockets {
+    fn default() -> Self {
+        Self {
+            guard: true,
+            allow: default_unix_allow(),
+        }
+    }
+}
+
+impl UnixSockets {
+    /// What the loader needs: `None` when the guard is off.
+    pub fn allow_list(&self) -> Option<Vec<String>> {
+        self.guard
+            .then(|| self.allow.iter().map(|a| a.get_ref().clone()).collect())
+    }
+}
+
+fn default_unix_allow() -> Vec<Spanned<String>> {
+    crate::unixguard::DEFAULT_ALLOW
+        .iter()
+        .map(|p| Spanned::new(0..0, (*p).to_owned()))
+        .collect()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -334,6 +374,7 @@ impl Default for Config {
             listener: Listener::default(),
             dns: Dns::default(),
             audit: Audit::default(),
+            unix_sockets: UnixSockets::default(),
             mask: agentguard_mask::MaskConfig::default(),
             masker: Masker::default(),
             agents: Vec::new(),
@@ -480,6 +521,18 @@ impl Config {
                     .to_owned(),
                 addrs,
             });
+        }
+        for entry in &self.unix_sockets.allow {
+            if agentguard_common::UnixPath::parse(entry.get_ref()).is_none() {
+                return Err(invalid(
+                    entry.span(),
+                    "unix_sockets.allow",
+                    format!(
+                        "`{}` is not a unix socket address (a path or @name, at most 108 bytes)",
+                        entry.get_ref()
+                    ),
+                ));
+            }
         }
         self.resolvers = match &self.dns.resolvers {
             Some(list) => list
@@ -650,6 +703,32 @@ labels = ["production"]
     fn bad_resolver_is_refused() {
         let err = parse("[dns]\nresolvers = [\"1.2.3\"]\n").expect_err("must fail");
         assert!(err.to_string().contains("dns.resolvers"), "{err}");
+    }
+
+    #[test]
+    fn unix_socket_allow_list() {
+        let config = parse("").expect("defaults");
+        let allow = config
+            .unix_sockets
+            .allow_list()
+            .expect("guarded by default");
+        assert!(allow.contains(&"/run/nscd/socket".to_owned()), "{allow:?}");
+        let config = parse("[unix_sockets]\nguard = false\n").expect("off");
+        assert!(config.unix_sockets.allow_list().is_none());
+        let config = parse("[unix_sockets]\nallow = []\n").expect("none allowed");
+        assert_eq!(config.unix_sockets.allow_list(), Some(Vec::new()));
+        let long = "x".repeat(200);
+        let err =
+            parse(&format!("\n[unix_sockets]\nallow = [\"{long}\"]\n")).expect_err("too long");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("unix_sockets.allow") && msg.contains("line 3"),
+            "{msg}"
+        );
+        assert!(
+            parse("[unix_sockets]\nalow = []\n").is_err(),
+            "typo must fail"
+        );
     }
 
     #[test]

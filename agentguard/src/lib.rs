@@ -19,3 +19,4 @@ pub mod pg;
 pub mod policy;
 pub mod proxy;
 pub mod redirect;
+pub mod unixguard;

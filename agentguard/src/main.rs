@@ -19,6 +19,7 @@ use agentguard::{
     config::Config,
     control, daemon, exec, policy,
     redirect::{self, LoadOptions, Redirect},
+    unixguard,
 };
 
 #[derive(Parser)]
@@ -309,6 +310,7 @@ fn attach(config: &Config, arg: &CgroupArg) -> anyhow::Result<()> {
         proxy_port: port,
         pin_dir: Some(&config.bpffs_dir),
         dns_resolvers: &config.resolvers,
+        unix_allow: config.unix_sockets.allow_list().as_deref(),
     })?;
     redirect.attach(&cg)?;
     println!(
@@ -503,6 +505,17 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         })
         .collect();
     println!("programs:  {}", programs.join(", "));
+    let unix = if state.unix_guard {
+        "guarded (cgroup/connect_unix, cgroup/sendmsg_unix)".to_owned()
+    } else if !config.unix_sockets.guard {
+        "NOT guarded (unix_sockets.guard = false)".to_owned()
+    } else {
+        match unixguard::probe() {
+            Ok(()) => "guard not loaded yet (this kernel supports it)".to_owned(),
+            Err(e) => e.to_string(),
+        }
+    };
+    println!("unix sockets: {unix}");
     let mount = cgroup::cgroup2_mount().ok();
     if state.attached.is_empty() {
         println!("attached:  none");

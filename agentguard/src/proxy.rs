@@ -148,6 +148,16 @@ impl Proxy {
         shutdown: watch::Receiver<bool>,
     ) {
         let mut tasks = Vec::new();
+        if let Some(refusals) = self.redirect.unix_refusals() {
+            tasks.push(tokio::spawn(crate::unixguard::audit_refusals(
+                refusals,
+                self.recorder.clone(),
+                Arc::clone(&self.config),
+                Arc::clone(&self.agents),
+                self.cgroup_mount.clone(),
+                shutdown.clone(),
+            )));
+        }
         for listener in listeners {
             let proxy = Arc::clone(&self);
             let mut shutdown = shutdown.clone();

@@ -28,7 +28,12 @@ use aya::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{bpfsys, cgroup::Cgroup, net};
+use crate::{
+    bpfsys,
+    cgroup::Cgroup,
+    net,
+    unixguard::{self, UnixGuard, UnixGuardError},
+};
 
 /// The object built by build.rs from agentguard-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agentguard"));
@@ -75,6 +80,8 @@ pub enum RedirectError {
     Pin { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error(transparent)]
+    Unix(#[from] UnixGuardError),
 }
 
 pub struct LoadOptions<'a> {
@@ -82,6 +89,8 @@ pub struct LoadOptions<'a> {
     /// Some: pinned mode under this folder.
     pub pin_dir: Option<&'a Path>,
     pub dns_resolvers: &'a [IpAddr],
+    /// Some: guard unix sockets, allowing these (`[unix_sockets]`).
+    pub unix_allow: Option<&'a [String]>,
 }
 
 /// The loaded programs and the origin map the proxy reads.
@@ -90,6 +99,11 @@ pub struct Redirect {
     pin_dir: Option<PathBuf>,
     origins: MapData,
     _logger: Option<tokio::task::JoinHandle<()>>,
+    /// None: off, or the kernel cannot run it (`unix_status` says which).
+    unix: Option<UnixGuard>,
+    unix_status: String,
+    /// Private mode: the unix guard's links live as long as this value.
+    unix_links: Vec<std::os::fd::OwnedFd>,
 }
 
 fn pin_err(path: &Path) -> impl FnOnce(io::Error) -> RedirectError + '_ {
@@ -132,6 +146,19 @@ impl Redirect {
             source,
         })?;
 
+        let (unix, unix_status) = match opts.unix_allow {
+            None => (None, "off (unix_sockets.guard = false)".to_owned()),
+            Some(allow) => match UnixGuard::load(allow) {
+                Ok(guard) => (Some(guard), "active".to_owned()),
+                // Everything else still runs on such a kernel; say so loudly.
+                Err(e) if e.unavailable() => {
+                    warn!("{e}");
+                    (None, e.to_string())
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+
         // Kernel-side diagnostics (aya-log), shown at debug level.
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(spawn_log_reader(logger)),
@@ -168,6 +195,9 @@ impl Redirect {
             pin_dir: opts.pin_dir.map(Path::to_owned),
             origins,
             _logger: logger,
+            unix,
+            unix_status,
+            unix_links: Vec::new(),
         };
         if let Some(dir) = opts.pin_dir {
             redirect.pin_programs(dir)?;
@@ -194,6 +224,15 @@ impl Redirect {
                 source: io::Error::other(e),
             })?;
         }
+        for (name, _) in unixguard::PROGRAMS {
+            let _ = fs::remove_file(unixguard::pin_path(dir, name));
+        }
+        if let Some(unix) = &self.unix {
+            for (name, fd) in unix.programs() {
+                let path = unixguard::pin_path(dir, name);
+                bpfsys::obj_pin(&fd, &path).map_err(pin_err(&path))?;
+            }
+        }
         Ok(())
     }
 
@@ -219,6 +258,12 @@ impl Redirect {
                     .map_err(|source| RedirectError::Program { name, source })?;
                 bpfsys::link_update(&link, fd).map_err(pin_err(&path))?;
             }
+            for (name, fd) in self.unix.iter().flat_map(UnixGuard::programs) {
+                let path = entry.path().join(name);
+                if let Ok(link) = bpfsys::obj_get(&path) {
+                    bpfsys::link_update(&link, &fd).map_err(pin_err(&path))?;
+                }
+            }
             debug!(cgroup_id = %entry.file_name().to_string_lossy(), "pinned links now run the new programs");
         }
         Ok(())
@@ -233,8 +278,17 @@ impl Redirect {
             .pin_dir
             .as_deref()
             .map(|d| links_dir(d).join(id.to_string()));
+        let unix_names: Vec<&str> = self
+            .unix
+            .iter()
+            .flat_map(|u| u.programs().map(|(n, _)| n))
+            .collect();
         if let Some(dir) = &link_dir {
-            if ALL_PROGRAMS.iter().all(|p| dir.join(p).exists()) {
+            if ALL_PROGRAMS
+                .iter()
+                .chain(&unix_names)
+                .all(|p| dir.join(p).exists())
+            {
                 info!(cgroup = %cgroup.rel, "already attached");
                 return Ok(());
             }
@@ -277,8 +331,30 @@ impl Redirect {
                 &dir.join(PROG_SOCK_OPS),
             )?;
         }
-        info!(cgroup = %cgroup.rel, cgroup_id = id, "attached");
+        if let Some(unix) = &self.unix {
+            let links = unix
+                .attach(&cgroup.open()?)
+                .map_err(|e| UnixGuardError::Load(format!("attaching to {}: {e}", cgroup.rel)))?;
+            for (name, link) in links {
+                match &link_dir {
+                    Some(dir) => {
+                        let path = dir.join(name);
+                        let _ = fs::remove_file(&path);
+                        bpfsys::obj_pin(&link, &path).map_err(pin_err(&path))?;
+                    }
+                    None => self.unix_links.push(link),
+                }
+            }
+        }
+        info!(cgroup = %cgroup.rel, cgroup_id = id, unix_sockets = %self.unix_status, "attached");
         Ok(())
+    }
+
+    /// The unix-socket refusals the kernel reports, for the audit log (once).
+    pub fn unix_refusals(
+        &self,
+    ) -> Option<tokio::sync::mpsc::Receiver<agentguard_common::UnixRefusal>> {
+        self.unix.as_ref()?.refusals()
     }
 
     /// The origin the hook recorded for this accepted connection, removed so
@@ -354,7 +430,8 @@ pub fn detach_pinned(pin_dir: &Path, cgroup_id: u64) -> Result<bool, RedirectErr
     if !dir.exists() {
         return Ok(false);
     }
-    for name in ALL_PROGRAMS {
+    let unix = unixguard::PROGRAMS.map(|(name, _)| name);
+    for name in ALL_PROGRAMS.iter().chain(&unix) {
         let path = dir.join(name);
         if let Ok(link) = bpfsys::obj_get(&path) {
             bpfsys::link_detach(&link).map_err(pin_err(&path))?;
@@ -397,6 +474,9 @@ pub fn guarded_by_us(pin_dir: &Path, cgroup_dir: &Path) -> io::Result<bool> {
 /// What `status` shows about the pinned state.
 pub struct PinnedState {
     pub attached: Vec<u64>,
+    /// The unix-socket guard's programs are pinned (so loaded and attached
+    /// with the rest).
+    pub unix_guard: bool,
     pub programs: Vec<(&'static str, Option<u32>)>,
     pub counters: Vec<(&'static str, u64)>,
 }
@@ -434,6 +514,9 @@ pub fn pinned_state(pin_dir: &Path) -> PinnedState {
     }
     PinnedState {
         attached,
+        unix_guard: unixguard::PROGRAMS
+            .iter()
+            .all(|(name, _)| unixguard::pin_path(pin_dir, name).exists()),
         programs,
         counters,
     }

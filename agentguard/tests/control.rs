@@ -166,6 +166,11 @@ fn approvals_hold_psql_until_a_person_answers() {
          INSERT INTO accounts VALUES (1, 100, 'ann'), (2, 200, 'bob'), (3, 300, 'cy')",
     );
     let notified = tempfile::NamedTempFile::new().expect("tmp");
+    // On kernels with cgroup/connect_unix, the unix-socket guard keeps agents
+    // off the control socket before it can even answer; the socket is
+    // allowed here so that the daemon's own refusal (by peer credentials,
+    // what older kernels rely on) is what this test shows.
+    let sock = format!("/run/agentguard-control-{}.sock", tag());
     let mut d = Daemon::start(
         "approve",
         &format!(
@@ -173,7 +178,9 @@ fn approvals_hold_psql_until_a_person_answers() {
             notified.path().display(),
         ),
         &format!(
-            "[[targets]]\nname = \"prod-db\"\naddress = \"{}\"\nprotocol = \"postgres\"\nlabels = [\"production\"]\n",
+            "[[targets]]\nname = \"prod-db\"\naddress = \"{}\"\nprotocol = \"postgres\"\nlabels = [\"production\"]\n\
+             [control]\nsocket = \"{sock}\"\n\
+             [unix_sockets]\nallow = [\"{sock}\"]\n",
             pg.addr()
         ),
     );
@@ -384,6 +391,8 @@ fn approvals_hold_psql_until_a_person_answers() {
         stdout(&audit)
     );
     assert_eq!(pg.psql_direct("SELECT count(*) FROM accounts"), "3");
+    drop(d);
+    let _ = fs::remove_file(&sock);
 }
 
 fn group_gid(name: &str) -> u32 {
@@ -469,6 +478,23 @@ fn control_socket_authorizes_by_peer_credentials() {
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("no pending approval abc123"),
+        "{}",
+        stderr(&out)
+    );
+    // An agent (root, in the guarded cgroup) is kept out: by the unix-socket
+    // guard where the kernel has cgroup/connect_unix, else by the daemon.
+    let argv = [
+        bin().to_owned(),
+        "--config".to_owned(),
+        d.config().path().display().to_string(),
+        "approvals".to_owned(),
+    ];
+    let out = d.in_agent(&argv).output().expect("agent");
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("agents cannot use the control socket")
+            || stderr(&out).contains("Operation not permitted")
+            || stderr(&out).contains("permission denied"),
         "{}",
         stderr(&out)
     );

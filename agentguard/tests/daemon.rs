@@ -72,6 +72,19 @@ fn killed_daemon_fails_closed_and_restart_recovers() {
         fs::read_to_string(&log2).unwrap_or_default()
     );
     assert_eq!(server.peers().len(), before + 1);
+
+    // The restart swapped the unix-socket guard inside its pinned links too.
+    let st = setup.status();
+    if !st.contains("NOT guarded") {
+        assert!(st.contains("unix sockets: guarded"), "{st}");
+        let code = "import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect('/run/agentguard-test-nothing.sock'); print('connected')\nexcept OSError as e:\n    print(type(e).__name__)";
+        let cmd = setup.in_cgroup(&[PYTHON.into(), "-c".into(), code.into()]);
+        let line = stdout(&run_with_timeout(cmd, Duration::from_secs(30)))
+            .trim()
+            .to_owned();
+        // Without the guard: FileNotFoundError (no such socket).
+        assert_eq!(line, "PermissionError");
+    }
 }
 
 #[test]

@@ -283,7 +283,7 @@ fn malformed_input_gets_a_clear_error_and_others_are_served() {
     let config = pg_config(&pg, "");
     let code = format!(
         r#"
-import socket, struct, subprocess
+import socket, ssl, struct, subprocess
 def startup():
     body = struct.pack("!I", 196608) + b"user\0postgres\0database\0postgres\0\0"
     return struct.pack("!I", len(body) + 4) + body
@@ -306,6 +306,18 @@ def talk(payload, after_startup):
     except Exception as e:
         data += b"<" + type(e).__name__.encode() + b">"
     return data
+# Not PostgreSQL at all on a database port: an HTTP request, a real TLS
+# ClientHello with no SSLRequest first, bytes of no protocol, an unknown version.
+inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+tls = ssl.create_default_context().wrap_bio(inc, out, server_hostname="db.example")
+try:
+    tls.do_handshake()
+except ssl.SSLWantReadError:
+    pass
+print("http", talk(b"GET / HTTP/1.1\r\nHost: db\r\n\r\n", False))
+print("tls", talk(out.read(), False))
+print("random", talk(bytes(range(7, 71)), False))
+print("version", talk(struct.pack("!II", 8, 0x00090000), False))
 print("absurd-startup", talk(struct.pack("!II", 0x7fffffff, 196608), False))
 print("absurd-length", talk(b"Q" + struct.pack("!I", 0x7ffffff0), True))
 print("garbage", talk(b"Q\0\0\0\2garbage", True))
@@ -318,7 +330,9 @@ print("after", r.stdout.strip(), r.stderr.strip())
     );
     let out = exec(&config, &[PYTHON, "-c", &code]);
     let (o, e) = (stdout(&out), stderr(&out));
-    for case in ["absurd-startup", "absurd-length", "garbage"] {
+    let startup_cases = ["http", "tls", "random", "version", "absurd-startup"];
+    let message_cases = ["absurd-length", "garbage"];
+    for case in startup_cases.iter().chain(&message_cases) {
         let line = o
             .lines()
             .find(|l| l.starts_with(case))
@@ -332,6 +346,33 @@ print("after", r.stdout.strip(), r.stderr.strip())
         o.contains("after alive"),
         "the guard serves the next client: {o}\n{e}"
     );
+    // Each attempt is logged and audited with who made it.
+    let logged = e
+        .lines()
+        .filter(|l| l.contains("postgres session closed: protocol error"))
+        .count();
+    assert!(logged >= startup_cases.len() + message_cases.len(), "{e}");
+    let denied = audited_denials(&config, "protocol error");
+    for (what, n) in [
+        ("postgres startup", startup_cases.len()),
+        ("postgres message", message_cases.len()),
+    ] {
+        let found: Vec<_> = denied
+            .iter()
+            .filter(|r| r["request"]["summary"] == what)
+            .collect();
+        assert_eq!(found.len(), n, "{what}: {denied:?}");
+        for r in found {
+            assert_eq!(r["target"]["name"], "app-db", "{r}");
+            assert_eq!(r["identity"]["uid"], 0, "{r}");
+            assert!(
+                r["identity"]["exe"]
+                    .as_str()
+                    .is_some_and(|x| x.contains("python3")),
+                "{r}"
+            );
+        }
+    }
 }
 
 const CUSTOMERS: &str = "CREATE TABLE customers (id int, name text, email text, card text, note text, ssn text);

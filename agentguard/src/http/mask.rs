@@ -329,11 +329,64 @@ struct Task<'e> {
 #[error("agent closed the response")]
 struct Gone;
 
-impl Task<'_> {
-    fn note(&mut self, fs: &[Finding]) {
-        for f in fs {
-            *self.findings.entry(f.entity.to_string()).or_default() += f.count;
+fn note(findings: &mut BTreeMap<String, u32>, fs: &[Finding]) {
+    for f in fs {
+        *findings.entry(f.entity.to_string()).or_default() += f.count;
+    }
+}
+
+/// Splits a streamed body into SSE events (or lines, for [`Class::Lines`])
+/// and masks each one whole, whatever the network chunking was: the output
+/// of the `push`es and `finish` does not depend on where chunks were cut.
+pub struct EventMasker<'e> {
+    engine: &'e Engine,
+    sel: &'e Selection,
+    class: Class,
+    buf: Vec<u8>,
+    /// Entity name → how many were masked.
+    pub findings: BTreeMap<String, u32>,
+}
+
+impl<'e> EventMasker<'e> {
+    pub fn new(engine: &'e Engine, sel: &'e Selection, class: Class) -> Self {
+        Self {
+            engine,
+            sel,
+            class,
+            buf: Vec::new(),
+            findings: BTreeMap::new(),
         }
+    }
+
+    /// The masked events (lines) this chunk completes.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        let split = if self.class == Class::Lines {
+            line_end
+        } else {
+            event_end
+        };
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        let mut start = 0;
+        while let Some(end) = split(&self.buf[start..]) {
+            let unit = self.buf[start..start + end].to_vec();
+            self.mask_unit(self.class, &unit, &mut out);
+            start += end;
+        }
+        self.buf.drain(..start);
+        if self.buf.len() > MAX_EVENT {
+            let unit = std::mem::take(&mut self.buf);
+            self.mask_unit(Class::Text, &unit, &mut out);
+        }
+        out
+    }
+
+    /// The body ended: the last, unterminated event (line).
+    pub fn finish(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let unit = std::mem::take(&mut self.buf);
+        self.mask_unit(self.class, &unit, &mut out);
+        out
     }
 
     /// Masks one SSE event or one line: a line that is JSON as a tree (so
@@ -345,7 +398,7 @@ impl Task<'_> {
                 let mut fs = Vec::new();
                 let root = &mut String::from("$");
                 if mask_json(self.engine, self.sel, &mut v, None, root, &mut fs) {
-                    self.note(&fs);
+                    note(&mut self.findings, &fs);
                     if let Ok(b) = serde_json::to_vec(&v) {
                         out.extend_from_slice(&b);
                         out.extend_from_slice(&unit[body.len()..]);
@@ -360,8 +413,14 @@ impl Task<'_> {
         let m = self
             .engine
             .mask_bytes(unit, &FieldContext::text(), self.sel);
-        self.note(&m.findings);
+        note(&mut self.findings, &m.findings);
         out.extend_from_slice(&m.value);
+    }
+}
+
+impl Task<'_> {
+    fn note(&mut self, fs: &[Finding]) {
+        note(&mut self.findings, fs);
     }
 
     async fn send(&self, data: Vec<u8>) -> Result<(), BoxError> {
@@ -435,31 +494,23 @@ impl Task<'_> {
                 }
             }
             Class::EventStream | Class::Lines => {
-                let split = if class == Class::Lines {
-                    line_end
-                } else {
-                    event_end
-                };
-                let mut buf: Vec<u8> = Vec::new();
+                let mut units = EventMasker::new(self.engine, self.sel, class);
+                let mut result = Ok(());
                 while let Some(c) = next(&mut body, &mut dec, &mut trailers).await? {
-                    buf.extend_from_slice(&c);
-                    let mut out = Vec::new();
-                    while let Some(end) = split(&buf) {
-                        let unit: Vec<u8> = buf.drain(..end).collect();
-                        self.mask_unit(class, &unit, &mut out);
-                    }
-                    if buf.len() > MAX_EVENT {
-                        let unit = std::mem::take(&mut buf);
-                        self.mask_unit(Class::Text, &unit, &mut out);
-                    }
                     // Each event (line) leaves as soon as it is complete:
                     // streaming latency is one event, not one body.
-                    self.send(out).await?;
+                    result = self.send(units.push(&c)).await;
+                    if result.is_err() {
+                        break;
+                    }
                 }
-                let mut out = Vec::new();
-                let unit = std::mem::take(&mut buf);
-                self.mask_unit(class, &unit, &mut out);
-                self.send(out).await?;
+                if result.is_ok() {
+                    result = self.send(units.finish()).await;
+                }
+                for (k, n) in units.findings {
+                    *self.findings.entry(k).or_default() += n;
+                }
+                result?;
             }
             Class::Text | Class::Opaque => {
                 let mut m = self.engine.stream(&FieldContext::text(), self.sel);
@@ -556,13 +607,7 @@ mod tests {
     fn lines_masked_as_json_trees_or_text() {
         let e = Engine::new(&MaskConfig::default()).expect("engine");
         let sel = e.selection(None, &["email"]).expect("sel");
-        let (tx, _rx) = mpsc::channel(1);
-        let mut task = Task {
-            engine: &e,
-            sel: &sel,
-            tx,
-            findings: BTreeMap::new(),
-        };
+        let mut task = EventMasker::new(&e, &sel, Class::Lines);
         let mut out = Vec::new();
         task.mask_unit(Class::Lines, b"{\"a\": \"x@example.com\"}\n", &mut out);
         task.mask_unit(Class::Lines, b"{\"a\": 1}\n", &mut out);

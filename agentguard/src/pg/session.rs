@@ -286,6 +286,10 @@ pub async fn run(guard: PgGuard, client: TcpStream, upstream: TcpStream) -> Resu
                         &format!("agentguard: protocol error: {e}"),
                     ))
                     .await;
+                // Not PostgreSQL (HTTP, TLS, junk): an attempt worth a record.
+                guard
+                    .refused("postgres startup", &format!("protocol error: {e}"))
+                    .await;
                 return Err(e.into());
             }
         }
@@ -335,6 +339,12 @@ pub async fn run(guard: PgGuard, client: TcpStream, upstream: TcpStream) -> Resu
     .await;
     if let Err(e) = &result {
         warn!("postgres session ended: {e}");
+        if let PgError::Codec(_) = e {
+            session
+                .guard
+                .refused("postgres message", &e.to_string())
+                .await;
+        }
         let msg = codec::error_response(PROTOCOL_VIOLATION, &format!("agentguard: {e}"));
         let _ = client_wr.lock().await.write_all(&msg).await;
         s2c.abort();
@@ -450,12 +460,18 @@ impl Session {
 }
 
 impl Session {
+    async fn refused(&self, what: &str, reason: &str) {
+        self.guard.refused(what, reason).await;
+    }
+}
+
+impl PgGuard {
     /// Records a refusal that needed no policy (the protocol forbids it).
     async fn refused(&self, what: &str, reason: &str) {
         let record = DecisionRecord::new(
-            Some(self.guard.session.id),
-            Some(&self.guard.identity),
-            Some(&self.guard.target),
+            Some(self.session.id),
+            Some(&self.identity),
+            Some(&self.target),
             RequestSummary::Other {
                 summary: what.to_owned(),
             },
@@ -463,7 +479,7 @@ impl Session {
             Duration::ZERO,
         );
         // Refused anyway: an overloaded recorder changes nothing.
-        let _ = self.guard.session.decision(record).await;
+        let _ = self.session.decision(record).await;
     }
 }
 

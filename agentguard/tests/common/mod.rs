@@ -259,3 +259,28 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 pub fn sh(cmd: &str) -> Output {
     Command::new("sh").arg("-c").arg(cmd).output().expect("sh")
 }
+
+/// `agentguard audit --json` for the config's state_dir, one value per record.
+pub fn audit_records(config: &TestConfig) -> Vec<serde_json::Value> {
+    let mut cmd = Command::new(bin());
+    cmd.arg("--config")
+        .arg(config.path())
+        .args(["audit", "--json", "--limit", "1000"]);
+    let out = run_with_timeout(cmd, Duration::from_secs(30));
+    assert!(out.status.success(), "audit: {}", stderr(&out));
+    stdout(&out)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// The audited denials whose reason contains `reason`.
+pub fn audited_denials(config: &TestConfig, reason: &str) -> Vec<serde_json::Value> {
+    audit_records(config)
+        .into_iter()
+        .filter(|r| {
+            r["action"] == "deny" && r["reason"].as_str().is_some_and(|s| s.contains(reason))
+        })
+        .collect()
+}

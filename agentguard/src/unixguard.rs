@@ -1,0 +1,366 @@
+//! The unix-socket guard (kernel 6.7+): `cgroup/connect_unix` and
+//! `cgroup/sendmsg_unix` refuse an agent's connects and datagrams to any
+//! unix socket outside `[unix_sockets] allow`, so a local service (the
+//! PostgreSQL socket, the Docker socket, D-Bus, agentguard's own control
+//! socket) cannot be reached around the proxy.
+//!
+//! aya 0.14 knows neither attach type, so the program (agentguard-ebpf's
+//! `agentguard-unix` object) is parsed and relocated with aya-obj, its maps
+//! made with aya, and it is loaded and linked with raw bpf(2) calls
+//! (`bpfsys`). A kernel without the attach types (before 6.7) runs
+//! everything else; `status` then says unix sockets are not guarded.
+
+use std::{
+    collections::HashSet,
+    io,
+    os::fd::{AsFd, AsRawFd as _, BorrowedFd, OwnedFd},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use agentguard_common::{
+    Addr, MAP_UNIX_ALLOW, MAP_UNIX_REFUSALS, Origin, PROG_CONNECT_UNIX, PROG_SENDMSG_UNIX,
+    PROG_UNIX_GUARD, UnixPath, UnixRefusal,
+};
+use aya::maps::{HashMap, Map, MapData, RingBuf};
+use tokio::sync::{mpsc, watch};
+use tracing::warn;
+
+use crate::{
+    audit::{DecisionRecord, Recorder, RequestSummary},
+    bpfsys,
+    config::Config,
+    decide::Decision,
+    identity::{AgentRegistry, Identity},
+};
+
+static UNIX_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agentguard-unix"));
+
+const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
+/// enum bpf_attach_type values (include/uapi/linux/bpf.h, 6.7+).
+const BPF_CGROUP_UNIX_CONNECT: u32 = 49;
+const BPF_CGROUP_UNIX_SENDMSG: u32 = 50;
+pub const PROGRAMS: [(&str, u32); 2] = [
+    (PROG_CONNECT_UNIX, BPF_CGROUP_UNIX_CONNECT),
+    (PROG_SENDMSG_UNIX, BPF_CGROUP_UNIX_SENDMSG),
+];
+/// Offsets (bits) of `uaddr` and `uaddrlen` in the kernel's
+/// `struct bpf_sock_addr_kern` that the program reads.
+const LAYOUT: [(&str, u32); 2] = [("uaddr", 64), ("uaddrlen", 256)];
+
+/// Sockets agents need for ordinary tools and cannot misuse to reach
+/// a guarded service: name-service caching and logging.
+pub const DEFAULT_ALLOW: [&str; 5] = [
+    "/run/nscd/socket",
+    "/var/run/nscd/socket",
+    "/run/systemd/journal/socket",
+    "/run/systemd/journal/dev-log",
+    "/dev/log",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnixGuardError {
+    #[error(
+        "the kernel lacks cgroup/connect_unix (Linux 6.7+): agents' unix-socket connects are NOT guarded"
+    )]
+    Unsupported,
+    #[error(
+        "cannot check the kernel's bpf_sock_addr_kern layout ({0}): agents' unix-socket connects are NOT guarded"
+    )]
+    Layout(String),
+    #[error("unix-socket guard: {0}")]
+    Load(String),
+}
+
+impl UnixGuardError {
+    /// The kernel cannot run the guard (as opposed to a failure to load it).
+    pub fn unavailable(&self) -> bool {
+        matches!(self, Self::Unsupported | Self::Layout(_))
+    }
+}
+
+pub struct UnixGuard {
+    progs: Vec<(&'static str, u32, OwnedFd)>,
+    _allow: HashMap<MapData, UnixPath, u8>,
+    refusals: Mutex<Option<RingBuf<MapData>>>,
+}
+
+fn load_err(what: &str) -> impl FnOnce(io::Error) -> UnixGuardError + '_ {
+    move |e| UnixGuardError::Load(format!("{what}: {e}"))
+}
+
+impl UnixGuard {
+    pub fn load(allow: &[String]) -> Result<Self, UnixGuardError> {
+        probe()?;
+
+        let mut obj = aya_obj::Object::parse(UNIX_OBJECT)
+            .map_err(|e| UnixGuardError::Load(format!("object: {e}")))?;
+        let mut maps: Vec<(String, MapData)> = Vec::new();
+        for (name, def) in &obj.maps {
+            let data = MapData::create(def.clone(), name, None)
+                .map_err(|e| UnixGuardError::Load(format!("map {name}: {e}")))?;
+            maps.push((name.clone(), data));
+        }
+        let defs = obj.maps.clone();
+        let text: HashSet<usize> = obj.functions.keys().map(|(section, _)| *section).collect();
+        obj.relocate_maps(
+            maps.iter().filter_map(|(name, data)| {
+                Some((
+                    name.as_str(),
+                    data.fd().as_fd().as_raw_fd(),
+                    defs.get(name)?,
+                ))
+            }),
+            &text,
+        )
+        .map_err(|e| UnixGuardError::Load(format!("relocation: {e}")))?;
+        obj.relocate_calls(&text)
+            .map_err(|e| UnixGuardError::Load(format!("relocation: {e}")))?;
+        let prog = obj
+            .programs
+            .get(PROG_UNIX_GUARD)
+            .ok_or_else(|| UnixGuardError::Load(format!("no {PROG_UNIX_GUARD} in the object")))?;
+        let insns: Vec<[u8; 8]> = obj
+            .functions
+            .get(&prog.function_key())
+            .ok_or_else(|| UnixGuardError::Load("no program body".into()))?
+            .instructions
+            .iter()
+            // SAFETY: bpf_insn is the kernel's 8-byte instruction, plain data.
+            .map(|i| unsafe { std::mem::transmute_copy::<_, [u8; 8]>(i) })
+            .collect();
+
+        let mut progs = Vec::new();
+        for (name, attach_type) in PROGRAMS {
+            let fd = bpfsys::prog_load(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, attach_type, &insns, name)
+                .map_err(load_err(name))?;
+            progs.push((name, attach_type, fd));
+        }
+
+        let mut take = |name: &str| {
+            let i = maps.iter().position(|(n, _)| n == name);
+            i.map(|i| maps.swap_remove(i).1)
+                .ok_or_else(|| UnixGuardError::Load(format!("no map {name}")))
+        };
+        let allow_data = take(MAP_UNIX_ALLOW)?;
+        let refusals = RingBuf::try_from(Map::RingBuf(take(MAP_UNIX_REFUSALS)?))
+            .map_err(|e| UnixGuardError::Load(format!("{MAP_UNIX_REFUSALS}: {e}")))?;
+        let mut allowed: HashMap<MapData, UnixPath, u8> =
+            HashMap::try_from(Map::HashMap(allow_data))
+                .map_err(|e| UnixGuardError::Load(format!("{MAP_UNIX_ALLOW}: {e}")))?;
+        for name in allow {
+            // Config::resolve checked every entry.
+            let key = UnixPath::parse(name).ok_or_else(|| {
+                UnixGuardError::Load(format!("bad unix_sockets.allow entry `{name}`"))
+            })?;
+            allowed
+                .insert(key, 1, 0)
+                .map_err(|e| UnixGuardError::Load(format!("{MAP_UNIX_ALLOW}: {e}")))?;
+        }
+        Ok(Self {
+            progs,
+            _allow: allowed,
+            refusals: Mutex::new(Some(refusals)),
+        })
+    }
+
+    /// (name, program) pairs, for pinning and link updates.
+    pub fn programs(&self) -> impl Iterator<Item = (&'static str, BorrowedFd<'_>)> {
+        self.progs.iter().map(|(name, _, fd)| (*name, fd.as_fd()))
+    }
+
+    /// Links both programs to the cgroup.
+    pub fn attach(&self, cgroup: &impl AsFd) -> io::Result<Vec<(&'static str, OwnedFd)>> {
+        self.progs
+            .iter()
+            .map(|(name, attach_type, fd)| {
+                Ok((*name, bpfsys::link_create(fd, cgroup, *attach_type)?))
+            })
+            .collect()
+    }
+
+    /// The refusals the kernel reports, once (the proxy audits them).
+    pub fn refusals(&self) -> Option<mpsc::Receiver<UnixRefusal>> {
+        let ring = self.refusals.lock().ok()?.take()?;
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(async move {
+            // SAFETY: the ring buffer owns its fd and keeps it open for as
+            // long as it is registered here (as for the aya-log reader).
+            let Ok(mut fd) = (unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    ring,
+                    tokio::io::Interest::READABLE,
+                )
+            }) else {
+                return;
+            };
+            loop {
+                let Ok(mut guard) = fd.readable_mut().await else {
+                    return;
+                };
+                let ring = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    if item.len() < std::mem::size_of::<UnixRefusal>() {
+                        continue;
+                    }
+                    // SAFETY: the program writes whole UnixRefusal values;
+                    // the length was checked.
+                    let event =
+                        unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<UnixRefusal>()) };
+                    drop(item);
+                    if tx.send(event).await.is_err() {
+                        return;
+                    }
+                }
+                guard.clear_ready();
+            }
+        });
+        Some(rx)
+    }
+}
+
+/// Whether this kernel can run the guard.
+pub fn probe() -> Result<(), UnixGuardError> {
+    // Does the kernel know the attach type at all? A two-instruction
+    // program (r0 = 1; exit) answers without the verifier's opinion.
+    let probe = [[0xb7, 0, 0, 0, 1, 0, 0, 0], [0x95, 0, 0, 0, 0, 0, 0, 0]];
+    match bpfsys::prog_load(
+        BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+        BPF_CGROUP_UNIX_CONNECT,
+        &probe,
+        "ag_unix_probe",
+    ) {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            return Err(UnixGuardError::Unsupported);
+        }
+        Err(e) => return Err(UnixGuardError::Load(format!("probe: {e}"))),
+    }
+    check_layout()?;
+    Ok(())
+}
+
+/// The program reads two fields of a kernel-internal struct; refuse to run
+/// it on a kernel whose BTF says they moved (or that has no BTF).
+fn check_layout() -> Result<(), UnixGuardError> {
+    let layout = |e: &dyn std::fmt::Display| UnixGuardError::Layout(e.to_string());
+    let btf = btf_rs::Btf::from_file("/sys/kernel/btf/vmlinux").map_err(|e| layout(&e))?;
+    let types = btf
+        .resolve_types_by_name("bpf_sock_addr_kern")
+        .map_err(|e| layout(&e))?;
+    let Some(btf_rs::Type::Struct(st)) = types
+        .into_iter()
+        .find(|t| matches!(t, btf_rs::Type::Struct(_)))
+    else {
+        return Err(layout(&"no struct bpf_sock_addr_kern"));
+    };
+    for (field, bits) in LAYOUT {
+        let found = st
+            .members
+            .iter()
+            .find(|m| btf.resolve_name(*m).is_ok_and(|n| n == field))
+            .map(btf_rs::Member::bit_offset);
+        if found != Some(bits) {
+            return Err(layout(&format!(
+                "{field} at bit {found:?}, expected {bits}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `<path>` of a refusal as configured names are written (`@` for abstract).
+pub fn display_path(p: &UnixPath) -> String {
+    let len = (p.len as usize).min(p.path.len());
+    let bytes = &p.path[..len];
+    match bytes.split_first() {
+        Some((0, name)) => format!("@{}", String::from_utf8_lossy(name)),
+        _ => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
+/// Records each refusal the kernel reports as a deny, with who asked.
+pub async fn audit_refusals(
+    mut rx: mpsc::Receiver<UnixRefusal>,
+    recorder: Recorder,
+    config: Arc<Config>,
+    agents: Arc<AgentRegistry>,
+    cgroup_mount: Option<PathBuf>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.changed() => return,
+            event = rx.recv() => match event {
+                Some(event) => event,
+                None => return,
+            },
+        };
+        let origin = Origin {
+            dst: Addr::default(),
+            dst_port: 0,
+            family: libc::AF_UNIX as u16,
+            tgid: event.tgid,
+            uid: event.uid,
+            gid: event.gid,
+            cgroup_id: event.cgroup_id,
+            comm: event.comm,
+        };
+        let identity = Identity::resolve(&origin, &config, &agents, cgroup_mount.as_deref());
+        let path = display_path(&event.path);
+        let reason = "unix socket not in unix_sockets.allow";
+        warn!(pid = identity.pid, uid = identity.uid, exe = identity.exe.as_deref().unwrap_or(&identity.comm), %path, "refused: {reason}");
+        let record = DecisionRecord::new(
+            None,
+            Some(&identity),
+            None,
+            RequestSummary::Other {
+                summary: format!("unix connect {path}"),
+            },
+            &Decision::deny(reason),
+            Duration::ZERO,
+        );
+        let _ = recorder.decision(record).await;
+    }
+}
+
+/// Pinned programs of the guard, where the daemon keeps its programs.
+pub fn pin_path(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join("progs").join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configured_names_become_the_kernels_keys() {
+        let p = UnixPath::parse("/run/nscd/socket").expect("path");
+        assert_eq!(p.len, 16);
+        assert_eq!(&p.path[..16], b"/run/nscd/socket");
+        assert!(p.path[16..].iter().all(|&b| b == 0));
+        assert_eq!(display_path(&p), "/run/nscd/socket");
+
+        let a = UnixPath::parse("@agent").expect("abstract");
+        assert_eq!(a.len, 6);
+        assert_eq!(&a.path[..6], b"\0agent");
+        assert_eq!(display_path(&a), "@agent");
+
+        assert!(UnixPath::parse("").is_none());
+        assert!(UnixPath::parse("@").is_none());
+        assert!(UnixPath::parse("/a\0b").is_none());
+        assert!(UnixPath::parse(&"x".repeat(108)).is_some());
+        assert!(UnixPath::parse(&"x".repeat(109)).is_none());
+        assert!(UnixPath::parse(&format!("@{}", "x".repeat(107))).is_some());
+        assert!(UnixPath::parse(&format!("@{}", "x".repeat(108))).is_none());
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        for p in DEFAULT_ALLOW {
+            assert!(UnixPath::parse(p).is_some(), "{p}");
+        }
+    }
+}
