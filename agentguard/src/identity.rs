@@ -72,6 +72,7 @@ impl Identity {
                     .map(|a| String::from_utf8_lossy(a).into_owned())
                     .collect()
             })
+            .map(redact_cmdline)
             .unwrap_or_default();
         let cgroup = cgroup_path(pid, origin.cgroup_id, cgroup_mount);
         let agent = agents.get(origin.cgroup_id).or_else(|| {
@@ -165,5 +166,81 @@ mod tests {
     #[test]
     fn root_is_root() {
         assert_eq!(super::user_name(0).as_deref(), Some("root"));
+    }
+}
+
+/// Command lines carry secrets (`psql "password=…"`, `curl -H
+/// "Authorization: Bearer …"`, `postgres://user:pass@host`, `--token X`);
+/// they reach policy input, the audit log and approvers, so the values go.
+pub fn redact_cmdline(args: Vec<String>) -> Vec<String> {
+    use std::sync::OnceLock;
+    static RES: OnceLock<Vec<(regex::Regex, &'static str)>> = OnceLock::new();
+    let res = RES.get_or_init(|| {
+        [
+            (r"(?i)(authorization\s*:\s*(?:[a-z]+\s+)?)\S+", "${1}***"),
+            (r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key)(\s*[=:]\s*)[^\s&;]+", "${1}${2}***"),
+            (r"([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", "${1}***@"),
+        ]
+        .into_iter()
+        .filter_map(|(re, to)| regex::Regex::new(re).ok().map(|r| (r, to)))
+        .collect()
+    });
+    const VALUE_FLAGS: [&str; 8] = [
+        "--password",
+        "--passwd",
+        "--token",
+        "--api-key",
+        "--apikey",
+        "--secret",
+        "--auth-token",
+        "--access-key",
+    ];
+    let mut out = Vec::with_capacity(args.len());
+    let mut hide_next = false;
+    for arg in args {
+        if hide_next {
+            hide_next = false;
+            out.push("***".to_owned());
+            continue;
+        }
+        if VALUE_FLAGS.iter().any(|f| arg.eq_ignore_ascii_case(f)) {
+            hide_next = true;
+        }
+        let mut arg = arg;
+        for (re, to) in res {
+            if re.is_match(&arg) {
+                arg = re.replace_all(&arg, *to).into_owned();
+            }
+        }
+        out.push(arg);
+    }
+    out
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::redact_cmdline;
+
+    #[test]
+    fn secrets_leave_command_lines() {
+        let v = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let out = redact_cmdline(v(&[
+            "psql",
+            "host=db user=app password=hunter2 dbname=x",
+            "postgres://app:hunter2@db/x",
+            "-H",
+            "Authorization: Bearer eyJhbGciOi.abc.def",
+            "--token",
+            "tok-123",
+            "--api-key=sk-live-1",
+            "SELECT 1",
+        ]));
+        let joined = out.join(" ");
+        for secret in ["hunter2", "eyJhbGciOi", "tok-123", "sk-live-1"] {
+            assert!(!joined.contains(secret), "{joined}");
+        }
+        assert_eq!(out[1], "host=db user=app password=*** dbname=x");
+        assert_eq!(out[2], "postgres://app:***@db/x");
+        assert_eq!(out[8], "SELECT 1");
     }
 }

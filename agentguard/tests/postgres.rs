@@ -637,3 +637,58 @@ fn tls_towards_the_agent_and_the_server() {
     assert!(!ok);
     assert!(e.contains("server does not support SSL"), "{e}");
 }
+
+#[test]
+fn password_authentication_passes_through_scram_and_md5() {
+    require_root();
+    let pg = Pg::start();
+    pg.psql_direct("SET password_encryption = 'scram-sha-256'; CREATE ROLE scram_user LOGIN PASSWORD 's3cret-scram'");
+    pg.psql_direct(
+        "SET password_encryption = 'md5'; CREATE ROLE md5_user LOGIN PASSWORD 's3cret-md5'",
+    );
+    // Host connections must authenticate; the superuser keeps trust for setup.
+    let hba = pg.dir.path().join("data/pg_hba.conf");
+    let rules =
+        "host all scram_user 127.0.0.1/32 scram-sha-256\nhost all md5_user 127.0.0.1/32 md5\n";
+    let old = std::fs::read_to_string(&hba).expect("pg_hba");
+    std::fs::write(&hba, format!("{rules}{old}")).expect("pg_hba");
+    pg.psql_direct("SELECT pg_reload_conf()");
+    let config = pg_config(&pg, "");
+    let psql = pg_bin("psql").display().to_string();
+    let login = |user: &str, password: &str| {
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user={user} dbname=postgres password={password}",
+            pg.port
+        );
+        let out = exec(
+            &config,
+            &[
+                &psql,
+                "-X",
+                "-A",
+                "-t",
+                &conninfo,
+                "-c",
+                "SELECT current_user",
+            ],
+        );
+        (stdout(&out), stderr(&out), out.status.success())
+    };
+    for (user, password) in [("scram_user", "s3cret-scram"), ("md5_user", "s3cret-md5")] {
+        let (o, e, ok) = login(user, password);
+        assert!(ok, "{user}: {o}\n{e}");
+        assert_eq!(o.trim(), user, "{e}");
+        let (o, e, ok) = login(user, "wrong");
+        assert!(!ok, "{user} with a wrong password: {o}");
+        assert!(e.contains("password authentication failed"), "{e}");
+    }
+    // Passwords travel in messages that are passed through, never recorded.
+    let state = config.dir.path().join("state/agentguard.redb");
+    let raw = std::fs::read(&state).expect("the audit file");
+    for secret in ["s3cret-scram", "s3cret-md5"] {
+        assert!(
+            !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret} is in the audit file"
+        );
+    }
+}
