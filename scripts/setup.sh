@@ -13,6 +13,8 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 packages=(
   iproute2 util-linux procps psmisc curl python3 haproxy dnsmasq-base dnsutils
   postgresql postgresql-client pgbouncer nginx
+  # `cargo xtask vm-test`: guests in qemu, an initramfs of busybox + our binaries.
+  qemu-system-x86 busybox-static cpio
 )
 # kubectl for the HTTP guard's Kubernetes test: Debian's kubernetes-client,
 # unless some other kubectl is already installed (both own /usr/bin/kubectl).

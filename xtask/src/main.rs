@@ -1,7 +1,9 @@
 //! Project chores, run as `cargo xtask …` (the alias lives in .cargo/config.toml):
 //! - `setup`: the idempotent machine set-up (scripts/setup.sh);
 //! - `bench l4`: direct vs agentguard vs haproxy on loopback (see bench.rs);
-//! - `bench pg`: pgbench direct vs agentguard vs pgbouncer (see bench/pg.rs).
+//! - `bench pg`: pgbench direct vs agentguard vs pgbouncer (see bench/pg.rs);
+//! - `vm-test`: the redirect checks in qemu guests on Debian's 6.1 and 6.12
+//!   kernels (see vm.rs; `vm-guest` and `vm-client` are its in-guest halves).
 //!
 //! `bench-server` and `bench-client` are the benchmark's two peers. They are
 //! hidden: `bench l4` runs them from a release build of this same binary, the
@@ -9,6 +11,7 @@
 
 mod bench;
 mod setup;
+mod vm;
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +37,19 @@ enum Command {
     /// The benchmark's client (started by `bench l4`).
     #[command(hide = true)]
     BenchClient(bench::peer::ClientArgs),
+    /// Boot Debian kernels in qemu and run the redirect checks inside.
+    VmTest(vm::VmArgs),
+    /// The checks, inside the guest (run by vm-tests/init).
+    #[command(hide = true)]
+    VmGuest,
+    /// One agent connect, inside the guest.
+    #[command(hide = true)]
+    VmClient {
+        /// Join this cgroup first.
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        addr: std::net::SocketAddr,
+    },
 }
 
 #[derive(Subcommand)]
@@ -51,6 +67,9 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(Bench::Pg(args)) => bench::pg::pg(&workspace_root(), &args),
         Command::BenchServer => bench::peer::serve(),
         Command::BenchClient(args) => bench::peer::client(&args),
+        Command::VmTest(args) => vm::vm_test(&workspace_root(), &args),
+        Command::VmGuest => vm::guest::guest(),
+        Command::VmClient { cgroup, addr } => vm::guest::client(cgroup.as_deref(), addr),
     }
 }
 
