@@ -307,7 +307,10 @@ impl std::fmt::Display for Failure {
             Failure::NoInit => f.write_str("the guest never reached /init"),
             Failure::Hung(limit) => write!(f, "no power-off within {limit:?}"),
             Failure::NoPass(status) => {
-                write!(f, "no `VM-TEST RESULT: PASS` on the console (qemu {status})")
+                write!(
+                    f,
+                    "no `VM-TEST RESULT: PASS` on the console (qemu {status})"
+                )
             }
         }
     }
@@ -375,7 +378,11 @@ fn boot(
         }
         let reached_init = || console.iter().any(|l| l.starts_with(INIT_LINE));
         // qemu stops the guest (and waits) on a KVM emulation failure.
-        let kvm_failed = || console.iter().any(|l| l.starts_with("qemu: KVM internal error"));
+        let kvm_failed = || {
+            console
+                .iter()
+                .any(|l| l.starts_with("qemu: KVM internal error"))
+        };
         if probe.is_some_and(|p| start.elapsed() > p || kvm_failed()) && !reached_init() {
             failure = Some(Failure::NoInit);
         } else if start.elapsed() > limit {

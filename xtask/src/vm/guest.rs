@@ -67,7 +67,10 @@ impl PeerServer {
 #[derive(Debug, PartialEq)]
 enum Outcome {
     /// The server answered: the peer it saw and the client's own address.
-    Answered { peer: String, local: String },
+    Answered {
+        peer: String,
+        local: String,
+    },
     Failed(String),
 }
 
