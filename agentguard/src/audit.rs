@@ -386,8 +386,14 @@ impl Recorder {
             record: Box::new(record),
             frame_seq,
         };
+        self.admit(inner, write).await.map(|()| id)
+    }
+
+    /// Queues what opens a new request or connection: with a full queue
+    /// it waits (on_overload = "block") or is refused (`"deny"`).
+    async fn admit(&self, inner: &Inner, write: Write) -> Result<(), AuditError> {
         match inner.tx.try_send(write) {
-            Ok(()) => Ok(id),
+            Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(AuditError::Closed),
             Err(mpsc::error::TrySendError::Full(write)) => {
                 inner.stats.queue_full.fetch_add(1, Ordering::Relaxed);
@@ -397,8 +403,7 @@ impl Recorder {
                             queue = inner.capacity,
                             "audit queue full: waiting for the writer (on_overload = block)"
                         );
-                        inner.tx.send(write).await.map_err(|_| AuditError::Closed)?;
-                        Ok(id)
+                        inner.tx.send(write).await.map_err(|_| AuditError::Closed)
                     }
                     OnOverload::Deny => {
                         inner.stats.overload_denied.fetch_add(1, Ordering::Relaxed);
@@ -406,15 +411,21 @@ impl Recorder {
                             .stats
                             .overload_unrecorded
                             .fetch_add(1, Ordering::Relaxed);
-                        if let Write::Decision { record, .. } = &write {
-                            // The record cannot be queued: the log line is
-                            // its trace, and the writer sums such refusals up.
-                            warn!(
+                        // The record cannot be queued: the log line is its
+                        // trace, and the writer sums such refusals up.
+                        match &write {
+                            Write::Decision { record, .. } => warn!(
                                 agent = record.agent().unwrap_or("-"),
                                 uid = record.identity.as_ref().map(|i| i.uid),
                                 request = %record.request.line(),
                                 "audit queue full: request denied (on_overload = deny)"
-                            );
+                            ),
+                            Write::SessionStart(s) => warn!(
+                                uid = s.identity.as_ref().map(|i| i.uid),
+                                target = s.target.as_ref().and_then(|t| t.name.as_deref()),
+                                "audit queue full: connection refused (on_overload = deny)"
+                            ),
+                            _ => {}
                         }
                         Err(AuditError::Overloaded(inner.capacity))
                     }
@@ -474,21 +485,34 @@ impl SessionHandle {
     }
 
     /// The connection was allowed and is starting.
-    pub async fn start(&self, identity: Option<&Identity>, target: Option<&Target>) {
+    /// Opens the recording. A connection not yet under way is refused like a
+    /// request when the queue is full and on_overload = "deny": `Err` means
+    /// the caller must refuse it.
+    pub async fn start(
+        &self,
+        identity: Option<&Identity>,
+        target: Option<&Target>,
+    ) -> Result<(), AuditError> {
+        let Some(inner) = &self.recorder.inner else {
+            return Ok(());
+        };
         let now = time::now_ns();
         self.recorder
-            .send(Write::SessionStart(Box::new(SessionRecord {
-                id: self.id,
-                start_ns: now,
-                end_ns: None,
-                last_ns: now,
-                identity: identity.cloned(),
-                target: target.cloned(),
-                details: BTreeMap::new(),
-                counts: SessionCounts::default(),
-                error: None,
-            })))
-            .await;
+            .admit(
+                inner,
+                Write::SessionStart(Box::new(SessionRecord {
+                    id: self.id,
+                    start_ns: now,
+                    end_ns: None,
+                    last_ns: now,
+                    identity: identity.cloned(),
+                    target: target.cloned(),
+                    details: BTreeMap::new(),
+                    counts: SessionCounts::default(),
+                    error: None,
+                })),
+            )
+            .await
     }
 
     /// Protocol facts learnt after the start (database, user, …). Never

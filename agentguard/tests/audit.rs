@@ -8,13 +8,12 @@ mod common;
 use std::{
     fs,
     io::{BufRead as _, BufReader},
-    net::TcpListener,
     path::PathBuf,
     process::{Command, Stdio},
     time::Duration,
 };
 
-use common::{pg::*, *};
+use common::{daemon::*, pg::*, *};
 use serde_json::Value;
 
 const CUSTOMERS: &str = "CREATE TABLE customers (id int, name text, email text);
@@ -172,82 +171,12 @@ fn psql_session_is_audited_and_replayable_without_raw_values() {
         && e["bundles"]["agentguard"]["revision"].is_string()));
 }
 
-struct Daemon {
-    config: TestConfig,
-    cgroup_rel: String,
-    cgroup_dir: PathBuf,
-    bpffs: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = Command::new(bin())
-            .args(["--config"])
-            .arg(self.config.path())
-            .args(["detach", "--cgroup", &self.cgroup_rel])
-            .output();
-        let _ = fs::remove_dir_all(&self.bpffs);
-        let _ = fs::remove_dir(&self.cgroup_dir);
-        if let Some(parent) = self.cgroup_dir.parent() {
-            let _ = fs::remove_dir(parent);
-        }
-    }
-}
-
-fn client_in_cgroup(d: &Daemon, port: u16) -> String {
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(format!(
-            "echo $$ > {}/cgroup.procs && exec \"$@\"",
-            d.cgroup_dir.display()
-        ))
-        .arg("sh")
-        .args(py_client("127.0.0.1", port));
-    stdout(&run_with_timeout(cmd, Duration::from_secs(30)))
-        .trim()
-        .to_owned()
-}
-
 #[test]
 fn audit_reads_beside_a_running_daemon() {
     require_root();
     let server = PeerServer::start("127.0.0.1:0");
-    let t = tag();
-    let cgroup_rel = format!("/agentguard-audit-{t}/agent");
-    let bpffs = PathBuf::from(format!("/sys/fs/bpf/agentguard-audit-{t}"));
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    let config = TestConfig::new(&format!(
-        "bpffs_dir = \"{}\"\n[listener]\nport = {port}\n[[agents]]\nname = \"agent\"\ncgroup = \"{cgroup_rel}\"\n{}",
-        bpffs.display(),
-        target("web", server.addr)
-    ));
-    let d = Daemon {
-        cgroup_dir: cgroup2_mount().join(cgroup_rel.trim_start_matches('/')),
-        cgroup_rel,
-        bpffs,
-        config,
-    };
-    let log = d.config.dir.path().join("daemon.log");
-    let child = Command::new(bin())
-        .arg("--config")
-        .arg(d.config.path())
-        .arg("run")
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("daemon");
-    let pid = child.id();
-    let _daemon = Killed(child);
-    let info = d.config.dir.path().join("run/daemon.json");
-    wait_for("daemon ready", Duration::from_secs(20), || {
-        fs::read_to_string(&info)
-            .ok()
-            .and_then(|j| serde_json::from_str::<Value>(&j).ok())
-            .is_some_and(|v| v["pid"].as_u64() == Some(u64::from(pid)))
-    });
+    let d = Setup::new("audit", "", &target("web", server.addr));
+    let (_daemon, _log) = start_daemon(&d, "daemon.log");
 
     // Follow mode picks up what is recorded after it started.
     let mut follow = Command::new(bin());

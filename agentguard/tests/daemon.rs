@@ -3,95 +3,9 @@
 
 mod common;
 
-use std::{
-    fs,
-    net::TcpListener,
-    path::PathBuf,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{fs, path::PathBuf, process::Command, time::Duration};
 
-use common::*;
-
-struct Setup {
-    config: TestConfig,
-    cgroup_rel: String,
-    cgroup_dir: PathBuf,
-    bpffs: PathBuf,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = Command::new(bin())
-            .args(["--config"])
-            .arg(self.config.path())
-            .args(["detach", "--cgroup", &self.cgroup_rel])
-            .output();
-        let _ = fs::remove_dir_all(&self.bpffs);
-        let _ = fs::remove_dir(&self.cgroup_dir);
-        if let Some(parent) = self.cgroup_dir.parent() {
-            let _ = fs::remove_dir(parent);
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn start_daemon(setup: &Setup, log_name: &str) -> (Killed, PathBuf) {
-    let log = setup.config.dir.path().join(log_name);
-    let child = Command::new(bin())
-        .arg("--config")
-        .arg(setup.config.path())
-        .arg("run")
-        .env("AGENTGUARD_LOG", "info,agentguard::policy=debug")
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("daemon");
-    let info = setup.config.dir.path().join("run/daemon.json");
-    let pid = child.id();
-    let daemon = Killed(child);
-    // A killed daemon leaves its daemon.json behind: wait for this one's.
-    wait_for("daemon ready", Duration::from_secs(20), || {
-        fs::read_to_string(&info)
-            .ok()
-            .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
-            .is_some_and(|v| v["pid"].as_u64() == Some(u64::from(pid)))
-    });
-    (daemon, log)
-}
-
-/// A client placed straight into the agent's cgroup (as a service manager
-/// would place an agent), independent of any agentguard process.
-fn client_in_cgroup(setup: &Setup, port: u16) -> String {
-    let client = py_client("127.0.0.1", port);
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(format!(
-            "echo $$ > {}/cgroup.procs && exec \"$@\"",
-            setup.cgroup_dir.display()
-        ))
-        .arg("sh")
-        .args(&client);
-    stdout(&run_with_timeout(cmd, Duration::from_secs(30)))
-        .trim()
-        .to_owned()
-}
-
-fn status(setup: &Setup) -> String {
-    let out = Command::new(bin())
-        .arg("--config")
-        .arg(setup.config.path())
-        .arg("status")
-        .output()
-        .expect("status");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{daemon::*, *};
 
 #[test]
 fn killed_daemon_fails_closed_and_restart_recovers() {
@@ -253,17 +167,6 @@ fn attach_without_daemon_refuses_and_detach_releases() {
         "detaching twice must say it is not attached"
     );
 }
-
-const ALLOW_WEB: &str = r#"package agentguard
-import rego.v1
-default decision := {"action": "deny", "reason": "test policy: default deny"}
-decision := {"action": "allow", "reason": "test policy v1 allows web"} if input.target.name == "web"
-"#;
-
-const DENY_ALL: &str = r#"package agentguard
-import rego.v1
-decision := {"action": "deny", "reason": "test policy v2 denies everything"}
-"#;
 
 #[test]
 fn policy_edits_apply_live_and_a_broken_edit_keeps_the_last_good() {

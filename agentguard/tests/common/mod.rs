@@ -16,6 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod daemon;
 pub mod pg;
 
 pub const PYTHON: &str = "/usr/bin/python3";
