@@ -16,6 +16,7 @@
 //! `cargo xtask bench pg` (pg.rs) uses the same build, work folder and child
 //! process handling for pgbench: direct vs agentguard vs pgbouncer.
 
+pub mod load;
 pub mod peer;
 pub mod pg;
 mod process;

@@ -2,6 +2,8 @@
 //! - `setup`: the idempotent machine set-up (scripts/setup.sh);
 //! - `bench l4`: direct vs agentguard vs haproxy on loopback (see bench.rs);
 //! - `bench pg`: pgbench direct vs agentguard vs pgbouncer (see bench/pg.rs);
+//! - `load`: 1,000 concurrent guarded PostgreSQL and HTTP connections through
+//!   the daemon, with its RSS and descriptors sampled (see bench/load.rs);
 //! - `vm-test`: the redirect checks in qemu guests on Debian's 6.1 and 6.12
 //!   kernels (see vm.rs; `vm-guest` and `vm-client` are its in-guest halves).
 //!
@@ -37,6 +39,8 @@ enum Command {
     /// The benchmark's client (started by `bench l4`).
     #[command(hide = true)]
     BenchClient(bench::peer::ClientArgs),
+    /// Many concurrent guarded connections through the daemon (results: docs/reliability.md).
+    Load(bench::load::LoadArgs),
     /// Boot Debian kernels in qemu and run the redirect checks inside.
     VmTest(vm::VmArgs),
     /// The checks, inside the guest (run by vm-tests/init).
@@ -67,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(Bench::Pg(args)) => bench::pg::pg(&workspace_root(), &args),
         Command::BenchServer => bench::peer::serve(),
         Command::BenchClient(args) => bench::peer::client(&args),
+        Command::Load(args) => bench::load::load(&workspace_root(), &args),
         Command::VmTest(args) => vm::vm_test(&workspace_root(), &args),
         Command::VmGuest => vm::guest::guest(),
         Command::VmClient { cgroup, addr } => vm::guest::client(cgroup.as_deref(), addr),
