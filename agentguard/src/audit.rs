@@ -396,13 +396,20 @@ impl Recorder {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(AuditError::Closed),
             Err(mpsc::error::TrySendError::Full(write)) => {
-                inner.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                let full = inner.stats.queue_full.fetch_add(1, Ordering::Relaxed) + 1;
                 match inner.on_overload {
                     OnOverload::Block => {
-                        warn!(
-                            queue = inner.capacity,
-                            "audit queue full: waiting for the writer (on_overload = block)"
-                        );
+                        // Under sustained load this happens for every
+                        // request: one line a second, with the running count.
+                        static LAST_WARN_SECS: AtomicU64 = AtomicU64::new(0);
+                        let now = time::now_ns() / 1_000_000_000;
+                        if LAST_WARN_SECS.swap(now, Ordering::Relaxed) != now {
+                            warn!(
+                                queue = inner.capacity,
+                                times_full = full,
+                                "audit queue full: waiting for the writer (on_overload = block)"
+                            );
+                        }
                         inner.tx.send(write).await.map_err(|_| AuditError::Closed)
                     }
                     OnOverload::Deny => {
