@@ -30,7 +30,10 @@ def psql(sql):
 step("read customers (emails, cards masked in flight)", lambda: psql("SELECT name, email, card FROM customers ORDER BY id"))
 step("delete every customer", lambda: psql("DELETE FROM customers"))
 step("hide a DROP in a multi-statement string", lambda: psql("SELECT 1; DROP TABLE customers"))
-step("update a customer on the production database (held for approval)", lambda: psql("UPDATE customers SET name = 'X' WHERE id = 1"))
+step("update a customer on the production database (held; a person approves)",
+     lambda: psql("UPDATE customers SET name = 'Ann Smith' WHERE id = 1 RETURNING name"))
+step("change a customer's card on production (held; a person denies)",
+     lambda: psql("UPDATE customers SET card = '4000 0000 0000 0002' WHERE id = 2"))
 step("reach the admin service (not a target)", lambda: socket.create_connection(("127.0.0.1", ADMIN_PORT), timeout=5).recv(1))
 step("the same database over IPv6-mapped address", lambda: socket.create_connection(("::ffff:127.0.0.1", PG_PORT), timeout=5) and "connected")
 

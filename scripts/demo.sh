@@ -26,9 +26,48 @@ config="$SERVICES_DIR/agentguard.toml"
 sed -e "s|@RUN@|$SERVICES_DIR/run|" -e "s|@STATE@|$SERVICES_DIR/state|" -e "s|@POLICIES@|$PWD/policies|" \
   -e "s|@HTTP@|$HTTP_PORT|" -e "s|@PG@|$PG_PORT|" examples/demo.toml >"$config"
 
+# The daemon, as systemd would run it; its programs stay pinned under the
+# demo's own bpffs_dir until the cleanup detaches them.
+AGENTGUARD_LOG=info,agentguard::pg=debug "$bin" --config "$config" run 2>"$SERVICES_DIR/guard.log" &
+daemon=$!
+cleanup() {
+  kill "${approver:-}" 2>/dev/null || true
+  kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null || true
+  "$bin" --config "$config" detach --cgroup /agentguard/coder >/dev/null 2>&1 || true
+  rm -rf /sys/fs/bpf/agentguard-demo
+  stop_services
+}
+trap cleanup EXIT
+for _ in $(seq 100); do [[ -S "$SERVICES_DIR/run/agentguard.sock" ]] && break; sleep 0.1; done
+
+# A person on call: approves the first held statement, denies the next
+# (what `agentguard approve ID` / `agentguard deny ID` do from a shell).
+(
+  answered=0
+  while [[ $answered -lt 2 ]]; do
+    id=$("$bin" --config "$config" approvals --json 2>/dev/null |
+      /usr/bin/python3 -c 'import json,sys; p=json.load(sys.stdin)["pending"]; print(p[0]["id"] if p else "")')
+    if [[ -n "$id" ]]; then
+      echo "== on call: agentguard approvals" >&2
+      "$bin" --config "$config" approvals >&2
+      if [[ $answered -eq 0 ]]; then
+        "$bin" --config "$config" approve "$id" --reason "ticket DEMO-1" >&2
+      else
+        "$bin" --config "$config" deny "$id" --reason "card changes go through billing" >&2
+      fi
+      answered=$((answered + 1))
+    fi
+    sleep 0.3
+  done
+) 2>"$SERVICES_DIR/oncall.log" &
+approver=$!
+
 echo "== the agent's view"
-AGENTGUARD_LOG=info,agentguard::pg=debug "$bin" --config "$config" exec --agent coder -- \
-  /usr/bin/python3 examples/agent.py $HTTP_PORT $PG_PORT $ADMIN_PORT 2>"$SERVICES_DIR/guard.log"
+"$bin" --config "$config" exec --agent coder -- \
+  /usr/bin/python3 examples/agent.py $HTTP_PORT $PG_PORT $ADMIN_PORT
+echo
+echo "== the person on call"
+sed 's/^/  /' "$SERVICES_DIR/oncall.log"
 echo
 echo "== agentguard's decisions"
 grep -E ' (allowed|denied|refused|held for approval)' "$SERVICES_DIR/guard.log" |
@@ -36,4 +75,7 @@ grep -E ' (allowed|denied|refused|held for approval)' "$SERVICES_DIR/guard.log" 
 echo
 echo "== the audit log (agentguard audit)"
 "$bin" --config "$config" audit --limit 30
+echo
+echo "== metrics (agentguard metrics)"
+"$bin" --config "$config" metrics | grep -E '^agentguard_(decisions_total|approvals_answered_total|connections_total)' || true
 grep -q ' denied ' "$SERVICES_DIR/guard.log" && grep -q ' allowed ' "$SERVICES_DIR/guard.log"

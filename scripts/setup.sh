@@ -13,8 +13,13 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 packages=(
   iproute2 util-linux procps psmisc curl python3 haproxy dnsmasq-base dnsutils
   postgresql postgresql-client pgbouncer nginx
+  # The service tests: systemd-analyze verify, groupadd, setpriv, and a real
+  # OpenMetrics parser for the metrics endpoint.
+  systemd passwd python3-prometheus-client
   # `cargo xtask vm-test`: guests in qemu, an initramfs of busybox + our binaries.
   qemu-system-x86 busybox-static cpio
+  # `cargo xtask load`: the HTTP load generator.
+  wrk
 )
 # kubectl for the HTTP guard's Kubernetes test: Debian's kubernetes-client,
 # unless some other kubectl is already installed (both own /usr/bin/kubectl).

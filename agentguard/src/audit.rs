@@ -3,7 +3,7 @@
 //!
 //! The data path hands records to a [`Recorder`] (cheap to clone); a bounded
 //! channel carries them to one writer thread that commits them to
-//! `<state_dir>/agentguard.redb` in batches (up to 512 records, or what
+//! `<state_dir>/agentguard.redb` in batches (up to 2048 records, or what
 //! arrived within 50 ms of the first). The data path waits on the disk only
 //! when the queue is full: then `on_overload = "block"` waits for room and
 //! `"deny"` returns [`AuditError::Overloaded`] for decisions, which the
@@ -12,8 +12,13 @@
 //! decisions refused for overload are counted, logged and summed up in a
 //! record once the writer catches up.
 //!
-//! Trade-off: a record is durable up to ~50 ms after the request was
-//! answered; a crash of the process in that window loses those records.
+//! Crash safety: no byte of a reply goes out before the decision records of
+//! its connection are committed ([`SessionHandle::committed`]); what the
+//! response adds later (rows, mask counts, frames) is not waited for. Every queued record carries a
+//! ticket; the writer publishes the highest committed one, and a waiter
+//! makes it commit at once instead of lingering. Commits are shared: under
+//! load one commit (two fsyncs) answers every reply waiting for it.
+//! `[audit] commit_before_reply = false` trades that for latency.
 //!
 //! Files: `record.rs` (what is stored), `store.rs` (redb tables, queries,
 //! retention), `writer.rs` (the batching thread), `result.rs` (recording one
@@ -33,13 +38,13 @@ use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
 };
 
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, watch};
 use tracing::warn;
 
 pub use record::{
@@ -47,6 +52,7 @@ pub use record::{
 };
 pub use result::ResultRecorder;
 use store::Write;
+pub use writer::redact_sql_passwords;
 
 use crate::{
     config::{Config, OnOverload},
@@ -155,8 +161,28 @@ pub struct Recorder {
     inner: Option<Arc<Inner>>,
 }
 
+/// What the channel carries: the write and its ticket (0: none).
+type Queued = (u64, Write);
+
+/// Tickets in channel order, and the committed watermark.
+pub(crate) struct Commits {
+    /// The last ticket handed out; held while a write enters the channel,
+    /// so tickets increase in channel order.
+    order: Mutex<u64>,
+    /// Highest ticket committed (published by the writer).
+    committed: watch::Receiver<u64>,
+    /// Highest ticket someone waits for: the writer commits without
+    /// lingering while it is above the watermark.
+    wanted: AtomicU64,
+    /// Wakes a lingering writer when a wait starts.
+    wake: Notify,
+}
+
 struct Inner {
-    tx: mpsc::Sender<Write>,
+    tx: mpsc::Sender<Queued>,
+    commits: Arc<Commits>,
+    /// Replies wait for their records' commit (crash safety).
+    commit_before_reply: bool,
     on_overload: OnOverload,
     capacity: usize,
     stats: Arc<Stats>,
@@ -180,14 +206,17 @@ impl std::fmt::Debug for Recorder {
 /// Dropped without `close`, the thread ends once every [`Recorder`] is gone.
 pub struct AuditWriter {
     thread: Option<std::thread::JoinHandle<()>>,
-    tx: mpsc::Sender<Write>,
+    /// None: recording is off (`[audit] enabled = false`).
+    tx: Option<mpsc::Sender<Queued>>,
 }
 
 impl AuditWriter {
     /// Writes everything queued so far and stops the writer. Records sent
     /// after this fail with [`AuditError::Closed`].
     pub async fn close(mut self) {
-        let _ = self.tx.send(Write::Close).await;
+        if let Some(tx) = &self.tx {
+            let _ = tx.send((0, Write::Close)).await;
+        }
         if let Some(t) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
@@ -203,20 +232,40 @@ pub struct OpenOptions {
     pub retention_interval: Option<std::time::Duration>,
 }
 
-/// Opens the database in `dir` and starts its writer.
+/// Opens the database in `dir` and starts its writer. With `[audit]
+/// enabled = false`: a recorder that records nothing, and no file.
 pub fn open(
     dir: &Path,
     config: &Config,
     options: OpenOptions,
 ) -> Result<(Recorder, AuditWriter), AuditError> {
+    if !config.audit.enabled {
+        warn!("[audit] enabled = false: decisions and sessions are not recorded");
+        return Ok((
+            Recorder::disabled(),
+            AuditWriter {
+                thread: None,
+                tx: None,
+            },
+        ));
+    }
     let store = store::Store::open(dir)?;
     let path = store.path().to_owned();
     let capacity = config.audit.queue.max(1);
     let (tx, rx) = mpsc::channel(capacity);
     let stats = Arc::new(Stats::default());
+    let (published, committed) = watch::channel(0);
+    let commits = Arc::new(Commits {
+        order: Mutex::new(0),
+        committed,
+        wanted: AtomicU64::new(0),
+        wake: Notify::new(),
+    });
     let thread = writer::spawn(writer::Writer {
         store,
         rx,
+        commits: Arc::clone(&commits),
+        published,
         stats: Arc::clone(&stats),
         retention: writer::Retention {
             max_age_ns: config
@@ -239,6 +288,8 @@ pub fn open(
     let recorder = Recorder {
         inner: Some(Arc::new(Inner {
             tx: tx.clone(),
+            commits,
+            commit_before_reply: config.audit.commit_before_reply,
             on_overload: config.audit.on_overload,
             capacity,
             stats,
@@ -253,7 +304,7 @@ pub fn open(
         recorder,
         AuditWriter {
             thread: Some(thread),
-            tx,
+            tx: Some(tx),
         },
     ))
 }
@@ -301,6 +352,8 @@ pub struct SessionHandle {
     recorder: Recorder,
     pub id: u64,
     next_frame: Arc<AtomicU64>,
+    /// Ticket of the latest decision of this connection.
+    decided: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for SessionHandle {
@@ -349,25 +402,33 @@ impl Recorder {
             recorder: self.clone(),
             id,
             next_frame: Arc::new(AtomicU64::new(0)),
+            decided: Arc::new(AtomicU64::new(0)),
         }
     }
 
     /// Records a decision. `Err` only for on_overload = "deny" with a full
     /// queue (the caller must then deny) or a stopped writer.
     pub async fn decision(&self, record: DecisionRecord) -> Result<DecisionId, AuditError> {
-        self.decision_in(None, record).await
+        self.decision_in(None, record).await.map(|(id, _)| id)
     }
 
+    /// The decision's id and its write's ticket.
     async fn decision_in(
         &self,
         session: Option<&SessionHandle>,
         mut record: DecisionRecord,
-    ) -> Result<DecisionId, AuditError> {
+    ) -> Result<(DecisionId, u64), AuditError> {
+        crate::metrics::get().decision(
+            record.request.kind(),
+            record::action_str(record.action),
+            record.latency_us,
+        );
         let Some(inner) = &self.inner else {
-            return Ok(DecisionId {
+            let id = DecisionId {
                 time_ns: time::now_ns(),
                 seq: 0,
-            });
+            };
+            return Ok((id, 0));
         };
         if record.time_ns == 0 {
             record.time_ns = time::now_ns();
@@ -386,16 +447,17 @@ impl Recorder {
             record: Box::new(record),
             frame_seq,
         };
-        self.admit(inner, write).await.map(|()| id)
+        self.admit(inner, write).await.map(|ticket| (id, ticket))
     }
 
     /// Queues what opens a new request or connection: with a full queue
-    /// it waits (on_overload = "block") or is refused (`"deny"`).
-    async fn admit(&self, inner: &Inner, write: Write) -> Result<(), AuditError> {
-        match inner.tx.try_send(write) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(AuditError::Closed),
-            Err(mpsc::error::TrySendError::Full(write)) => {
+    /// it waits (on_overload = "block") or is refused (`"deny"`). Returns
+    /// the write's ticket.
+    async fn admit(&self, inner: &Inner, write: Write) -> Result<u64, AuditError> {
+        let permit = match inner.tx.try_reserve() {
+            Ok(p) => p,
+            Err(mpsc::error::TrySendError::Closed(())) => return Err(AuditError::Closed),
+            Err(mpsc::error::TrySendError::Full(())) => {
                 let full = inner.stats.queue_full.fetch_add(1, Ordering::Relaxed) + 1;
                 match inner.on_overload {
                     OnOverload::Block => {
@@ -410,7 +472,7 @@ impl Recorder {
                                 "audit queue full: waiting for the writer (on_overload = block)"
                             );
                         }
-                        inner.tx.send(write).await.map_err(|_| AuditError::Closed)
+                        inner.tx.reserve().await.map_err(|_| AuditError::Closed)?
                     }
                     OnOverload::Deny => {
                         inner.stats.overload_denied.fetch_add(1, Ordering::Relaxed);
@@ -434,29 +496,52 @@ impl Recorder {
                             ),
                             _ => {}
                         }
-                        Err(AuditError::Overloaded(inner.capacity))
+                        return Err(AuditError::Overloaded(inner.capacity));
                     }
                 }
             }
-        }
+        };
+        Ok(inner.push(permit, write))
     }
 
     /// Frames and session events are never refused: a connection already
     /// under way keeps a complete recording, so they wait for room.
-    async fn send(&self, w: Write) {
-        let Some(inner) = &self.inner else { return };
-        match inner.tx.try_send(w) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                warn!("audit writer stopped; a record was not written");
-            }
-            Err(mpsc::error::TrySendError::Full(w)) => {
+    /// Returns the write's ticket (0 when nothing was queued).
+    async fn send(&self, w: Write) -> u64 {
+        let Some(inner) = &self.inner else { return 0 };
+        let permit = match inner.tx.try_reserve() {
+            Ok(p) => Ok(p),
+            Err(mpsc::error::TrySendError::Closed(())) => Err(()),
+            Err(mpsc::error::TrySendError::Full(())) => {
                 inner.stats.queue_full.fetch_add(1, Ordering::Relaxed);
-                if inner.tx.send(w).await.is_err() {
-                    warn!("audit writer stopped; a record was not written");
-                }
+                inner.tx.reserve().await.map_err(|_| ())
+            }
+        };
+        match permit {
+            Ok(p) => inner.push(p, w),
+            Err(()) => {
+                warn!("audit writer stopped; a record was not written");
+                0
             }
         }
+    }
+
+    /// Resolves once the write with `ticket` (and all before it) is
+    /// committed. `Err` when the writer stopped before that.
+    pub async fn committed(&self, ticket: u64) -> Result<(), AuditError> {
+        let Some(inner) = &self.inner else {
+            return Ok(());
+        };
+        let mut rx = inner.commits.committed.clone();
+        if *rx.borrow_and_update() >= ticket {
+            return Ok(());
+        }
+        inner.commits.wanted.fetch_max(ticket, Ordering::SeqCst);
+        inner.commits.wake.notify_one();
+        rx.wait_for(|&c| c >= ticket)
+            .await
+            .map(|_| ())
+            .map_err(|_| AuditError::Closed)
     }
 
     /// The counters, for status and tests.
@@ -472,7 +557,7 @@ impl Recorder {
     #[cfg(test)]
     async fn send_raw(&self, w: Write) {
         if let Some(inner) = &self.inner {
-            let _ = inner.tx.send(w).await;
+            let _ = inner.tx.send((0, w)).await;
         }
     }
 
@@ -480,9 +565,24 @@ impl Recorder {
     pub async fn flush(&self) {
         let Some(inner) = &self.inner else { return };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if inner.tx.send(Write::Flush(tx)).await.is_ok() {
+        if inner.tx.send((0, Write::Flush(tx))).await.is_ok() {
             let _ = rx.await;
         }
+    }
+}
+
+impl Inner {
+    /// Queues `w` with the next ticket: under the lock, so tickets follow
+    /// channel order and a committed ticket means all before it are too.
+    fn push(&self, permit: mpsc::Permit<'_, Queued>, w: Write) -> u64 {
+        let mut last = self
+            .commits
+            .order
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *last += 1;
+        permit.send((*last, w));
+        *last
     }
 }
 
@@ -491,10 +591,32 @@ impl SessionHandle {
         &self.recorder
     }
 
+    async fn send(&self, w: Write) {
+        self.recorder.send(w).await;
+    }
+
+    /// Resolves once every decision of this connection so far is
+    /// committed: replies wait for this before their bytes go out, so a
+    /// crash never loses the record of a request the agent saw answered.
+    /// Cheap once committed (replies call it for every write). Immediate
+    /// when `[audit] commit_before_reply = false`. `Err`: the writer stopped.
+    pub async fn committed(&self) -> Result<(), AuditError> {
+        if !self
+            .recorder
+            .inner
+            .as_ref()
+            .is_some_and(|i| i.commit_before_reply)
+        {
+            return Ok(());
+        }
+        let ticket = self.decided.load(Ordering::Relaxed);
+        self.recorder.committed(ticket).await
+    }
+
     /// The connection was allowed and is starting.
-    /// Opens the recording. A connection not yet under way is refused like a
-    /// request when the queue is full and on_overload = "deny": `Err` means
-    /// the caller must refuse it.
+    /// A connection not yet under way is refused like a request when the
+    /// queue is full and on_overload = "deny": `Err` means the caller must
+    /// refuse it.
     pub async fn start(
         &self,
         identity: Option<&Identity>,
@@ -520,59 +642,58 @@ impl SessionHandle {
                 })),
             )
             .await
+            .map(|_| ())
     }
 
     /// Protocol facts learnt after the start (database, user, …). Never
     /// pass credentials here.
     pub async fn details(&self, details: BTreeMap<String, String>) {
-        self.recorder
-            .send(Write::SessionDetails {
-                id: self.id,
-                details,
-            })
-            .await;
+        self.send(Write::SessionDetails {
+            id: self.id,
+            details,
+        })
+        .await;
     }
 
     /// A decision inside this session; its request becomes the next frame.
     pub async fn decision(&self, record: DecisionRecord) -> Result<DecisionId, AuditError> {
-        self.recorder.decision_in(Some(self), record).await
+        let (id, ticket) = self.recorder.decision_in(Some(self), record).await?;
+        self.decided.fetch_max(ticket, Ordering::Relaxed);
+        Ok(id)
     }
 
     pub async fn frame(&self, frame: Frame) {
         let seq = self.next_frame.fetch_add(1, Ordering::Relaxed);
-        self.recorder
-            .send(Write::Frame {
-                session: self.id,
-                seq,
-                frame: FrameRecord {
-                    time_ns: time::now_ns(),
-                    frame,
-                },
-            })
-            .await;
+        self.send(Write::Frame {
+            session: self.id,
+            seq,
+            frame: FrameRecord {
+                time_ns: time::now_ns(),
+                frame,
+            },
+        })
+        .await;
     }
 
     /// The response to `decision` is complete.
     pub async fn result(&self, decision: DecisionId, rows: u64, masks: BTreeMap<String, u64>) {
-        self.recorder
-            .send(Write::Result {
-                decision,
-                rows,
-                masks,
-            })
-            .await;
+        self.send(Write::Result {
+            decision,
+            rows,
+            masks,
+        })
+        .await;
     }
 
     pub async fn end(&self, bytes_up: u64, bytes_down: u64, error: Option<String>) {
-        self.recorder
-            .send(Write::SessionEnd {
-                id: self.id,
-                time_ns: time::now_ns(),
-                bytes_up,
-                bytes_down,
-                error,
-            })
-            .await;
+        self.send(Write::SessionEnd {
+            id: self.id,
+            time_ns: time::now_ns(),
+            bytes_up,
+            bytes_down,
+            error,
+        })
+        .await;
     }
 
     /// A recorder for one response's rows, capped by `[audit]`

@@ -1,5 +1,6 @@
-//! The three bpf(2) commands aya 0.14 does not expose for pinned links:
-//! open a pinned object, swap a link's program atomically, force-detach.
+//! The bpf(2) commands aya 0.14 does not expose for pinned links: open a
+//! pinned object, swap a link's program atomically, force-detach; and the
+//! effective-program query the control socket uses to spot agents.
 
 use std::{
     ffi::CString,
@@ -20,6 +21,10 @@ const BPF_LINK_UPDATE: libc::c_long = 29;
 /// The kernel-internal ENOTSUPP, which bpf(2) can return as is.
 const KERNEL_ENOTSUPP: i32 = 524;
 const BPF_LINK_DETACH: libc::c_long = 34;
+const BPF_PROG_QUERY: libc::c_long = 16;
+/// enum bpf_attach_type.
+pub const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+const BPF_F_QUERY_EFFECTIVE: u64 = 1;
 
 fn bpf(cmd: libc::c_long, attr: &mut [u64; 4]) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a zero-initialised buffer at least as large as the
@@ -102,4 +107,22 @@ pub fn map_take<K: Copy, V: Copy>(map: &impl AsFd, key: &K) -> io::Result<Option
     // SAFETY: the kernel wrote a whole value of the map's value size, which is
     // size_of::<V>() (both sides use the same #[repr(C)] type).
     Ok(found.then(|| unsafe { value.assume_init() }))
+}
+
+/// Ids of the programs that run for `cgroup` (an open cgroup directory) on
+/// `attach_type`, its ancestors' included.
+pub fn prog_query_effective(cgroup: &impl AsFd, attach_type: u32) -> io::Result<Vec<u32>> {
+    let mut ids = vec![0u32; 64];
+    // { __u32 target_fd; __u32 attach_type; __u32 query_flags;
+    //   __u32 attach_flags; __aligned_u64 prog_ids; __u32 prog_cnt; }
+    let mut attr = [
+        u64::from(cgroup.as_fd().as_raw_fd() as u32) | (u64::from(attach_type) << 32),
+        BPF_F_QUERY_EFFECTIVE,
+        ids.as_mut_ptr() as u64,
+        ids.len() as u64,
+    ];
+    bpf(BPF_PROG_QUERY, &mut attr)?;
+    let count = (attr[3] & 0xffff_ffff) as usize;
+    ids.truncate(count.min(64));
+    Ok(ids)
 }

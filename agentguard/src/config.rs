@@ -49,6 +49,13 @@ pub struct Config {
     /// refused.
     #[serde(default = "default_approval_timeout")]
     pub approval_timeout_secs: u64,
+    /// Run for every new hold, with the approval as JSON on stdin (a Slack
+    /// or webhook script): program and arguments. Its failure is logged and
+    /// never blocks the hold.
+    #[serde(default)]
+    pub approval_command: Vec<String>,
+    #[serde(default)]
+    pub control: Control,
     #[serde(default)]
     pub listener: Listener,
     #[serde(default)]
@@ -73,6 +80,9 @@ pub struct Config {
     /// Filled in by `load`: DNS resolvers that UDP port 53 may reach.
     #[serde(skip)]
     pub resolvers: Vec<IpAddr>,
+    /// Filled in by `load`: `[control] metrics_listen`, parsed.
+    #[serde(skip)]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The compiled mask engine, shared by every connection.
@@ -127,7 +137,11 @@ pub struct TargetConfig {
     pub protocol: Protocol,
     #[serde(default)]
     pub labels: Vec<String>,
-    /// HTTP-like targets (http, llm, k8s): what to do with TLS.
+    /// HTTP-like targets (http, llm, k8s): intercept or passthrough.
+    /// PostgreSQL targets: TLS to the server, `require` (encrypted, not
+    /// verified, like libpq's sslmode=require) or `verify-full`; unset, the
+    /// server is reached in plaintext. Either way an agent that asks for TLS
+    /// gets it, terminated with a leaf from the agentguard CA.
     #[serde(default)]
     pub tls: TlsMode,
     /// Extra roots (PEM) trusted for this target's upstream certificate,
@@ -136,7 +150,7 @@ pub struct TargetConfig {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum TlsMode {
     /// Decrypt with a leaf minted by the agentguard CA, decide per request,
     /// re-encrypt towards the server (verified).
@@ -144,6 +158,11 @@ pub enum TlsMode {
     Intercept,
     /// No decryption: one decision on the ClientHello's SNI, then bytes.
     Passthrough,
+    /// PostgreSQL: TLS to the server without verifying its certificate.
+    Require,
+    /// PostgreSQL: TLS to the server, certificate and name verified
+    /// against the system roots and `ca_file`.
+    VerifyFull,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -159,11 +178,45 @@ pub enum Protocol {
     Tcp,
 }
 
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Mysql => "mysql",
+            Self::Http => "http",
+            Self::Llm => "llm",
+            Self::K8s => "k8s",
+            Self::Redis => "redis",
+            Self::Ssh => "ssh",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
+/// `[control]`: the daemon's local API (used by the CLI) and metrics.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    /// The control socket. Default: `<run_dir>/agentguard.sock`.
+    pub socket: Option<PathBuf>,
+    /// Also serve `GET /metrics` here (loopback only), e.g. "127.0.0.1:9464".
+    pub metrics_listen: Option<Spanned<String>>,
+}
+
 /// `[audit]`: the decision log and session recordings in
 /// `<state_dir>/agentguard.redb`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Audit {
+    /// false: nothing is recorded (no file is opened). For measuring what
+    /// recording costs; a guard without an audit log is a blind one.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// A reply's last bytes go out only once its records are committed, so
+    /// a crash never loses the record of a request the agent saw answered.
+    /// false: replies do not wait; a crash may lose the last ~50 ms.
+    #[serde(default = "yes")]
+    pub commit_before_reply: bool,
     /// Records older than this are deleted in the background.
     #[serde(default = "default_retention_days")]
     pub retention_days: u64,
@@ -196,6 +249,8 @@ pub enum OnOverload {
 impl Default for Audit {
     fn default() -> Self {
         Self {
+            enabled: true,
+            commit_before_reply: true,
             retention_days: default_retention_days(),
             max_db_bytes: default_max_db_bytes(),
             on_overload: OnOverload::Block,
@@ -206,6 +261,9 @@ impl Default for Audit {
     }
 }
 
+fn yes() -> bool {
+    true
+}
 fn default_retention_days() -> u64 {
     30
 }
@@ -271,6 +329,8 @@ impl Default for Config {
             run_dir: default_run_dir(),
             bpffs_dir: default_bpffs_dir(),
             approval_timeout_secs: default_approval_timeout(),
+            approval_command: Vec::new(),
+            control: Control::default(),
             listener: Listener::default(),
             dns: Dns::default(),
             audit: Audit::default(),
@@ -280,6 +340,7 @@ impl Default for Config {
             targets: Vec::new(),
             resolved: Vec::new(),
             resolvers: Vec::new(),
+            metrics_addr: None,
         }
     }
 }
@@ -329,6 +390,28 @@ impl Config {
                 message: "[audit] queue must be at least 1".into(),
             });
         }
+        self.metrics_addr = match &self.control.metrics_listen {
+            None => None,
+            Some(s) => {
+                let addr: SocketAddr = s.get_ref().parse().map_err(|e| {
+                    invalid(
+                        s.span(),
+                        "control.metrics_listen",
+                        format!("`{}`: {e} (want ip:port)", s.get_ref()),
+                    )
+                })?;
+                if !addr.ip().is_loopback() {
+                    return Err(invalid(
+                        s.span(),
+                        "control.metrics_listen",
+                        format!(
+                            "{addr} is not a loopback address; metrics are served on loopback only"
+                        ),
+                    ));
+                }
+                Some(addr)
+            }
+        };
         for agent in &self.agents {
             let set = usize::from(agent.cgroup.is_some()) + usize::from(agent.unit.is_some());
             if set != 1 {
@@ -347,6 +430,29 @@ impl Config {
         })?;
         self.masker = Masker(Some(std::sync::Arc::new(engine)));
         self.resolved.clear();
+        for target in &self.targets {
+            let pg = target.protocol == Protocol::Postgres;
+            let http_like = matches!(
+                target.protocol,
+                Protocol::Http | Protocol::Llm | Protocol::K8s
+            );
+            let ok = match target.tls {
+                TlsMode::Intercept => true,
+                TlsMode::Passthrough => http_like,
+                TlsMode::Require | TlsMode::VerifyFull => pg,
+            };
+            if !ok {
+                return Err(ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: format!(
+                        "target `{}`: tls = {:?} does not apply to protocol {} (http, llm, k8s: intercept | passthrough; postgres: require | verify-full)",
+                        target.name,
+                        target.tls,
+                        target.protocol.as_str()
+                    ),
+                });
+            }
+        }
         for (index, target) in self.targets.iter().enumerate() {
             let address = target.address.get_ref();
             let (host, _) = address.rsplit_once(':').ok_or_else(|| {
@@ -404,6 +510,14 @@ impl Config {
                     .any(|a| SocketAddr::new(crate::net::canonical_ip(a.ip()), a.port()) == dst)
             })
             .map(|r| (&self.targets[r.index], r))
+    }
+
+    /// The control socket's path.
+    pub fn control_socket(&self) -> PathBuf {
+        self.control
+            .socket
+            .clone()
+            .unwrap_or_else(|| self.run_dir.join("agentguard.sock"))
     }
 
     pub fn agent(&self, name: &str) -> Option<&Agent> {
@@ -521,6 +635,7 @@ labels = ["production"]
         assert_eq!(config.audit.max_db_bytes, 1 << 30);
         assert_eq!(config.audit.on_overload, OnOverload::Block);
         assert_eq!(config.audit.queue, 10_000);
+        assert!(config.audit.enabled && config.audit.commit_before_reply);
         let config = parse("[audit]\nretention_days = 7\non_overload = \"deny\"\nqueue = 16\n")
             .expect("audit config");
         assert_eq!(config.audit.retention_days, 7);

@@ -16,9 +16,11 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::{
+    approvals::{self, Approvals},
     audit,
     cgroup::{self, Cgroup},
     config::Config,
+    control::{self, ControlServer},
     identity::AgentRegistry,
     policy::{self, Reloader},
     proxy::{self, Proxy},
@@ -178,6 +180,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pin_dir: Some(&config.bpffs_dir),
         dns_resolvers: &config.resolvers,
     })?;
+    let (approvals, abandoned) = Approvals::open(
+        &config.state_dir,
+        std::time::Duration::from_secs(config.approval_timeout_secs),
+        config.approval_command.clone(),
+        config.masker.0.clone(),
+    );
+    let approvals = Arc::new(approvals);
+    approvals::audit_abandoned(&recorder, abandoned).await;
+    let control_listener = control::bind(&config.control_socket())?;
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+        ),
+        None => None,
+    };
     let agents = Arc::new(AgentRegistry::default());
     for agent in &config.agents {
         let cg = agent_cgroup(&mount, agent)?;
@@ -202,6 +221,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let config = Arc::new(config);
+    let control = Arc::new(ControlServer {
+        config: Arc::clone(&config),
+        approvals: Arc::clone(&approvals),
+        policy: Arc::clone(&policy),
+        recorder: recorder.clone(),
+        port,
+        started: std::time::Instant::now(),
+    });
     let proxy = Arc::new(Proxy::new(
         Arc::new(redirect),
         Arc::clone(&config),
@@ -209,16 +236,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         agents,
         port,
         recorder,
+        Arc::clone(&approvals),
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let serving = tokio::spawn(Arc::clone(&proxy).serve(listeners, stop_rx));
+    let serving = tokio::spawn(Arc::clone(&proxy).serve(listeners, stop_rx.clone()));
+    tokio::spawn(Arc::clone(&control).serve(control_listener, stop_rx.clone()));
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(control::serve_metrics(
+            Arc::clone(&control),
+            listener,
+            stop_rx,
+        ));
+    }
+    // Type=notify: systemd starts dependent units only now. Outside systemd
+    // there is no NOTIFY_SOCKET and this does nothing.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     wait_for_stop_signal().await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     info!("stopping; attached cgroups stay guarded (connections refused) until the daemon is back");
     let _ = stop_tx.send(true);
     let _ = serving.await;
+    approvals.deny_all();
     proxy.wait_idle(std::time::Duration::from_secs(2)).await;
     audit_writer.close().await;
     let _ = fs::remove_file(&info_path);
+    let _ = fs::remove_file(config.control_socket());
     let _ = fs::remove_file(audit::cli::stats_file(&config.run_dir));
     let _ = fs::remove_file(config.run_dir.join(policy::STATE_FILE));
     Ok(())

@@ -80,6 +80,10 @@ pub struct Decision {
     pub mask: Vec<String>,
     /// The policy bundle that decided; empty when none was loaded.
     pub policy_version: String,
+    /// Who answered an `approve` decision (`agentguard approve`), or the
+    /// standing grant that let it through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approver: Option<String>,
 }
 
 impl Decision {
@@ -89,6 +93,7 @@ impl Decision {
             reason: reason.into(),
             mask: Vec::new(),
             policy_version: String::new(),
+            approver: None,
         }
     }
 }

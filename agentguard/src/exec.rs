@@ -103,6 +103,10 @@ pub async fn exec(config: Config, agent: Option<String>, argv: Vec<String>) -> a
                 agents,
                 port,
                 recorder,
+                // No control socket here: holds can only time out (to deny).
+                Arc::new(crate::approvals::Approvals::in_memory(
+                    std::time::Duration::from_secs(config.approval_timeout_secs),
+                )),
             ));
             let (stop_tx, stop_rx) = watch::channel(false);
             let task = tokio::spawn(Arc::clone(&proxy).serve(listeners, stop_rx));

@@ -38,6 +38,7 @@ pub use input::{HttpRequest, LlmRequest, TlsConnect};
 pub use k8s::K8sRequest;
 
 use crate::{
+    audit::SessionHandle,
     config::TlsMode,
     decide::{Action, Decide, Input, Request, Target},
     identity::Identity,
@@ -130,6 +131,30 @@ impl HttpShared {
     fn upstream(&self) -> &tls::Upstream {
         self.upstream.get_or_init(tls::Upstream::new)
     }
+
+    /// TLS for a PostgreSQL target named `host`: a server side for agents
+    /// that ask for TLS (when the CA exists), and the client side towards
+    /// the server that `mode` asks for.
+    pub fn pg_tls(
+        &self,
+        host: &str,
+        mode: TlsMode,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<crate::pg::session::PgTls, tls::TlsError> {
+        let client = self
+            .ca()
+            .ok()
+            .map(|ca| ca.server_config(host, Vec::new()))
+            .transpose()?;
+        let upstream = match mode {
+            TlsMode::Require => Some((tls::unverified_client_config(), tls::server_name(host)?)),
+            TlsMode::VerifyFull => {
+                Some((self.upstream().config(ca_file)?, tls::server_name(host)?))
+            }
+            TlsMode::Intercept | TlsMode::Passthrough => None,
+        };
+        Ok(crate::pg::session::PgTls { client, upstream })
+    }
 }
 
 /// One guarded HTTP connection's context.
@@ -140,12 +165,15 @@ pub struct Conn {
     pub target: Target,
     pub tls: TlsMode,
     pub ca_file: Option<PathBuf>,
-    pub approval_timeout: Duration,
+    /// Where `approve` decisions wait for a person.
+    pub approvals: Arc<crate::approvals::Approvals>,
     pub connect_timeout: Duration,
     /// The original destination (for dialling the server again).
     pub dst: SocketAddr,
     /// What the agent's ClientHello named; set by the TLS step.
     pub sni: Option<String>,
+    /// The connection's recording: one decision record per request.
+    pub session: SessionHandle,
 }
 
 /// Serves one agent connection until it closes.
@@ -200,6 +228,7 @@ async fn tls_session(
     mut buf: BytesMut,
     mut upstream: TcpStream,
 ) -> Result<(), HttpError> {
+    let started = std::time::Instant::now();
     let hello = match detect::read_client_hello(&mut client, &mut buf, FIRST_BYTES_TIMEOUT).await {
         Ok(h) => h,
         Err(e) => {
@@ -224,7 +253,22 @@ async fn tls_session(
             request,
         };
         let decision = conn.decider.decide(&input);
-        if decision.action != Action::Allow {
+        let record = crate::audit::DecisionRecord::new(
+            Some(conn.session.id),
+            Some(&conn.identity),
+            Some(&conn.target),
+            crate::audit::RequestSummary::Other {
+                summary: format!(
+                    "TLS passthrough sni={}",
+                    hello.sni.as_deref().unwrap_or("-")
+                ),
+            },
+            &decision,
+            started.elapsed(),
+        );
+        // Nothing is answered by the guard here: no commit to wait for.
+        let recorded = conn.session.decision(record).await;
+        if decision.action != Action::Allow || recorded.is_err() {
             crate::proxy::reset(client);
             return Err(HttpError::Refused(format!(
                 "TLS passthrough to sni {:?}: {}",

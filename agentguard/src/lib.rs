@@ -2,15 +2,18 @@
 //! build on it. Module names are those of the files; see main.rs for the
 //! reading order.
 
+pub mod approvals;
 pub mod audit;
 pub mod bpfsys;
 pub mod cgroup;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod decide;
 pub mod exec;
 pub mod http;
 pub mod identity;
+pub mod metrics;
 pub mod net;
 pub mod pg;
 pub mod policy;

@@ -10,13 +10,14 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
+use hyper::Method;
 
 use agentguard::{
     audit,
     cgroup::{self, Cgroup},
     config::Config,
-    daemon, exec, policy,
+    control, daemon, exec, policy,
     redirect::{self, LoadOptions, Redirect},
 };
 
@@ -51,7 +52,40 @@ enum Command {
     /// Stop guarding a cgroup or unit.
     Detach(CgroupArg),
     /// Show the daemon, the programs, attached cgroups and counters.
-    Status,
+    Status {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Requests held for a person's approval, and standing grants.
+    Approvals {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a held request through.
+    Approve {
+        /// The id `agentguard approvals` shows.
+        id: String,
+        /// Also let the same agent send the same kind of request (same
+        /// statement shape, method and path template) for this long: 15m, 2h.
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+        grant: Option<std::time::Duration>,
+        /// Recorded in the audit log and shown to the agent.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Refuse a held request (the client gets the policy error).
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// The daemon's metrics (Prometheus/OpenMetrics text).
+    Metrics,
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Man,
     /// The decision log: who asked for what, and what was decided.
     Audit(audit::cli::AuditArgs),
     /// Recorded sessions (guarded connections), one row each.
@@ -133,6 +167,23 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    // Before the config: these must work whatever state it is in.
+    match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "agentguard",
+                &mut std::io::stdout(),
+            );
+            return Ok(0);
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            return Ok(0);
+        }
+        _ => {}
+    }
     let mut config = Config::load(cli.config.as_deref())?;
     if let Some(dir) = cli.policy {
         config.policy_dir = dir;
@@ -142,7 +193,81 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Exec { agent, command } => exec::exec(config, agent, command).await,
         Command::Attach(arg) => attach(&config, &arg).map(|()| 0),
         Command::Detach(arg) => detach(&config, &arg).map(|()| 0),
-        Command::Status => status(&config).map(|()| 0),
+        Command::Status { json } => status(&config, json).await.map(|()| 0),
+        Command::Approvals { json } => approvals(&config, json).await.map(|()| 0),
+        Command::Approve { id, grant, reason } => {
+            let body =
+                serde_json::json!({ "reason": reason, "for_secs": grant.map(|d| d.as_secs()) });
+            let answer = control::call_json(
+                &config.control_socket(),
+                Method::POST,
+                &format!("/v1/approvals/{id}/approve"),
+                Some(body),
+            )
+            .await?;
+            match grant {
+                Some(d) => println!(
+                    "approved {id}: {} (and the same kind of request for {})",
+                    answer["request"].as_str().unwrap_or(""),
+                    humantime(d)
+                ),
+                None => println!(
+                    "approved {id}: {}",
+                    answer["request"].as_str().unwrap_or("")
+                ),
+            }
+            Ok(0)
+        }
+        Command::Deny { id, reason } => {
+            let answer = control::call_json(
+                &config.control_socket(),
+                Method::POST,
+                &format!("/v1/approvals/{id}/deny"),
+                Some(serde_json::json!({ "reason": reason })),
+            )
+            .await?;
+            println!("denied {id}: {}", answer["request"].as_str().unwrap_or(""));
+            Ok(0)
+        }
+        Command::Metrics => {
+            let (status, body) =
+                control::call(&config.control_socket(), Method::GET, "/metrics", None).await?;
+            if !status.is_success() {
+                bail!("{}", String::from_utf8_lossy(&body));
+            }
+            print!("{}", String::from_utf8_lossy(&body));
+            Ok(0)
+        }
+        Command::Completions { .. } | Command::Man => Ok(0),
+        // Through the control socket when there is one: authorized by
+        // group (approvers), and the answer is the reload's own outcome.
+        Command::Policy {
+            command: policy::cli::PolicyCommand::Reload,
+        } if config.control_socket().exists() => {
+            let v = control::call_json(
+                &config.control_socket(),
+                Method::POST,
+                "/v1/policy/reload",
+                None,
+            )
+            .await?;
+            let state = &v["state"];
+            println!(
+                "reloaded: version {} ({} files, {} tests){}",
+                state["version"].as_str().unwrap_or("?"),
+                state["files"].as_array().map_or(0, Vec::len),
+                state["tests"],
+                if v["outcome"]
+                    .as_str()
+                    .is_some_and(|o| o.starts_with("Unchanged"))
+                {
+                    " — unchanged"
+                } else {
+                    ""
+                }
+            );
+            Ok(0)
+        }
         Command::Policy { command } => policy::cli::run(&config, command),
         Command::Ca { command } => ca(&config, command).map(|()| 0),
         Command::Audit(args) => Ok(audit::cli::audit(&config, args).await?),
@@ -207,7 +332,127 @@ fn detach(config: &Config, arg: &CgroupArg) -> anyhow::Result<()> {
     }
 }
 
-fn status(config: &Config) -> anyhow::Result<()> {
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    audit::time::parse_duration(s.trim())
+        .map(std::time::Duration::from_nanos)
+        .ok_or_else(|| format!("`{s}`: want a duration such as 30s, 15m, 2h, 1d"))
+}
+
+fn humantime(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s % 86_400 == 0 && s > 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 && s > 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+async fn approvals(config: &Config, json: bool) -> anyhow::Result<()> {
+    let list =
+        control::call_json(&config.control_socket(), Method::GET, "/v1/approvals", None).await?;
+    if json {
+        println!("{list}");
+        return Ok(());
+    }
+    let now = agentguard::approvals::unix_now();
+    let pending = list["pending"].as_array().cloned().unwrap_or_default();
+    if pending.is_empty() {
+        println!("no requests waiting for approval");
+    } else {
+        println!(
+            "{:<8} {:>5} {:>7}  {:<12} {:<22} {:<14} {:<40} REASON",
+            "ID", "AGE", "EXPIRES", "AGENT", "IDENTITY", "TARGET", "REQUEST"
+        );
+    }
+    for p in &pending {
+        let identity = &p["identity"];
+        let who = format!(
+            "{} {}",
+            identity["user"]
+                .as_str()
+                .map_or_else(|| format!("uid {}", identity["uid"]), str::to_owned),
+            identity["exe"]
+                .as_str()
+                .map_or("", |e| e.rsplit('/').next().unwrap_or(e)),
+        );
+        let since = p["since"].as_u64().unwrap_or(now);
+        let expires = p["expires"].as_u64().unwrap_or(now);
+        let target = p["target"]["name"].as_str().map_or_else(
+            || format!("{}:{}", p["target"]["ip"], p["target"]["port"]),
+            str::to_owned,
+        );
+        println!(
+            "{:<8} {:>5} {:>7}  {:<12} {:<22} {:<14} {:<40} {}",
+            p["id"].as_str().unwrap_or("?"),
+            humantime(std::time::Duration::from_secs(now.saturating_sub(since))),
+            humantime(std::time::Duration::from_secs(expires.saturating_sub(now))),
+            p["agent"].as_str().unwrap_or("-"),
+            truncate(&who, 22),
+            truncate(&target, 14),
+            truncate(p["request"].as_str().unwrap_or(""), 40),
+            p["reason"].as_str().unwrap_or(""),
+        );
+    }
+    let grants = list["grants"].as_array().cloned().unwrap_or_default();
+    for g in &grants {
+        println!(
+            "grant: {} — by {} for {} more",
+            g["request"].as_str().unwrap_or(""),
+            g["approver"]["user"]
+                .as_str()
+                .map_or_else(|| format!("uid {}", g["approver"]["uid"]), str::to_owned),
+            humantime(std::time::Duration::from_secs(
+                g["until"].as_u64().unwrap_or(now).saturating_sub(now)
+            )),
+        );
+    }
+    if !pending.is_empty() {
+        println!(
+            "answer with `agentguard approve ID [--for 15m]` or `agentguard deny ID [--reason …]`"
+        );
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
+    if json {
+        let running = daemon::running(&config.run_dir);
+        let state = redirect::pinned_state(&config.bpffs_dir);
+        let daemon = match &running {
+            Some(_) => {
+                control::call_json(&config.control_socket(), Method::GET, "/v1/status", None)
+                    .await
+                    .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+            }
+            None => serde_json::Value::Null,
+        };
+        let out = serde_json::json!({
+            "running": running.is_some(),
+            "pid": running.as_ref().map(|d| d.pid),
+            "port": running.as_ref().map(|d| d.port),
+            "bpffs_dir": config.bpffs_dir,
+            "state_dir": config.state_dir,
+            "policy_dir": config.policy_dir,
+            "control_socket": config.control_socket(),
+            "programs": state.programs.iter().map(|(n, id)| (n.to_string(), *id)).collect::<std::collections::BTreeMap<_, _>>(),
+            "attached": state.attached,
+            "counters": state.counters.iter().map(|(n, v)| (n.to_string(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
+            "daemon": daemon,
+        });
+        println!("{out}");
+        return Ok(());
+    }
     match daemon::running(&config.run_dir) {
         Some(d) => println!(
             "daemon:    running (pid {}), proxy on 127.0.0.1:{} and [::1]:{}",
@@ -228,6 +473,16 @@ fn status(config: &Config) -> anyhow::Result<()> {
         );
     }
     println!("policies:  {}", config.policy_dir.display());
+    if daemon::running(&config.run_dir).is_some() {
+        match control::call_json(&config.control_socket(), Method::GET, "/v1/status", None).await {
+            Ok(v) => println!(
+                "control:   {} ({} request(s) waiting for approval)",
+                config.control_socket().display(),
+                v["approvals_pending"]
+            ),
+            Err(e) => println!("control:   {e:#}"),
+        }
+    }
     if daemon::running(&config.run_dir).is_some()
         && let Some(line) = audit::cli::status_line(&audit::cli::stats_file(&config.run_dir))
     {

@@ -237,6 +237,7 @@ impl PolicyEngine {
                 }
             }
             Err(e) => {
+                crate::metrics::get().policy_reload_failures.inc();
                 state.last_error = Some(e.to_string());
                 if let Live::Missing(_) = &**self.live.load() {
                     self.live.store(Arc::new(Live::Missing(e.to_string())));
@@ -352,6 +353,7 @@ impl PolicyEngine {
                     reason: v.reason,
                     mask: v.mask,
                     policy_version: bundle.version.clone(),
+                    approver: None,
                 },
                 true,
             ),
@@ -391,7 +393,11 @@ impl Decide for PolicyEngine {
                 return Decision::deny(format!("agentguard: cannot encode the policy input: {e}"));
             }
         };
+        let started = std::time::Instant::now();
         let (decision, answered) = self.evaluate(bundle, value);
+        crate::metrics::get()
+            .policy_evaluation
+            .observe(started.elapsed().as_secs_f64());
         // Only what the policy itself answered: a watchdog timeout or an
         // evaluation error is never replayed from the cache.
         if cacheable && answered {

@@ -20,6 +20,7 @@ use tokio::{
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::{
+    approvals::Approvals,
     audit::{DecisionRecord, Recorder, RequestSummary, SessionHandle},
     config::{Config, Protocol},
     decide::{Action, Decide, Decision, Input, Request, Target},
@@ -40,6 +41,8 @@ pub struct Proxy {
     pub http: Arc<http::HttpShared>,
     /// Every decision and session goes here (see audit.rs).
     pub recorder: Recorder,
+    /// Requests held for a person's answer (see approvals.rs).
+    pub approvals: Arc<Approvals>,
     next_id: AtomicU64,
     active: Arc<AtomicUsize>,
 }
@@ -85,6 +88,7 @@ impl Proxy {
         agents: Arc<AgentRegistry>,
         listen_port: u16,
         recorder: Recorder,
+        approvals: Arc<Approvals>,
     ) -> Self {
         let http = Arc::new(http::HttpShared::new(
             config.state_dir.clone(),
@@ -99,6 +103,7 @@ impl Proxy {
             listen_port,
             http,
             recorder,
+            approvals,
             next_id: AtomicU64::new(1),
             active: Arc::new(AtomicUsize::new(0)),
         }
@@ -204,6 +209,7 @@ impl Proxy {
         );
         async move {
             let target = Target::for_destination(&self.config, dst);
+            crate::metrics::get().connection(identity.agent.as_deref(), target.protocol.as_str());
             if dst.port() == self.listen_port
                 && (dst.ip().is_loopback() || dst.ip().is_unspecified())
             {
@@ -220,6 +226,11 @@ impl Proxy {
                 request: Request::Connect,
             };
             let decision = self.decider.decide(&input);
+            // Held before any byte flows; the client just sees a slow connect.
+            let decision = match decision.action {
+                Action::Approve => self.approvals.hold(&input, decision).await,
+                _ => decision,
+            };
             let record = DecisionRecord::new(
                 None,
                 Some(&input.identity),
@@ -237,7 +248,6 @@ impl Proxy {
                         return;
                     }
                 },
-                // Holding L4 connects for approval arrives with the approvals issue.
                 Action::Deny | Action::Approve => {
                     warn!(action = ?decision.action, reason = %decision.reason, "denied");
                     reset(client);
@@ -278,11 +288,32 @@ impl Proxy {
             let _ = upstream.set_nodelay(true);
             match input.target.protocol {
                 Protocol::Postgres => {
+                    let found = self.config.target_for(dst).map(|(t, _)| t);
+                    let host = input
+                        .target
+                        .host
+                        .clone()
+                        .unwrap_or_else(|| input.target.ip.clone());
+                    let tls = match self.http.pg_tls(
+                        &host,
+                        found.map(|t| t.tls).unwrap_or_default(),
+                        found.and_then(|t| t.ca_file.as_deref()),
+                    ) {
+                        Ok(tls) => tls,
+                        Err(e) => {
+                            let reason = format!("TLS for {host} is misconfigured: {e}");
+                            warn!(%reason, "refused");
+                            reset(client);
+                            session.end(0, 0, Some(reason)).await;
+                            return;
+                        }
+                    };
                     let guard = pg::session::PgGuard {
                         decider: Arc::clone(&self.decider),
                         identity: input.identity,
                         target: input.target,
-                        approval_timeout: Duration::from_secs(self.config.approval_timeout_secs),
+                        approvals: Arc::clone(&self.approvals),
+                        tls,
                         masker: self.config.masker.0.clone(),
                         session: session.clone(),
                     };
@@ -304,10 +335,11 @@ impl Proxy {
                         target: input.target,
                         tls: found.map(|t| t.tls).unwrap_or_default(),
                         ca_file: found.and_then(|t| t.ca_file.clone()),
-                        approval_timeout: Duration::from_secs(self.config.approval_timeout_secs),
+                        approvals: Arc::clone(&self.approvals),
                         connect_timeout: timeout,
                         dst,
                         sni: None,
+                        session: session.clone(),
                     };
                     let error = match http::run(conn, client, upstream).await {
                         Ok(()) => None,
@@ -356,6 +388,7 @@ struct Active(Arc<AtomicUsize>);
 impl Active {
     fn new(n: &Arc<AtomicUsize>) -> Self {
         n.fetch_add(1, Ordering::AcqRel);
+        crate::metrics::get().active_connections.inc();
         Self(Arc::clone(n))
     }
 }
@@ -363,6 +396,7 @@ impl Active {
 impl Drop for Active {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+        crate::metrics::get().active_connections.dec();
     }
 }
 

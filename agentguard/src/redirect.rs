@@ -365,6 +365,35 @@ pub fn detach_pinned(pin_dir: &Path, cgroup_id: u64) -> Result<bool, RedirectErr
     Ok(true)
 }
 
+/// Whether agentguard's redirect runs for processes in `cgroup_dir`: one of
+/// the connect4 programs pinned under `pin_dir` (the daemon's) or under a
+/// sibling `*-exec-PID` folder (`exec`'s private guards) is effective there.
+pub fn guarded_by_us(pin_dir: &Path, cgroup_dir: &Path) -> io::Result<bool> {
+    let mut ours = Vec::new();
+    let mut dirs = vec![pin_dir.to_owned()];
+    if let (Some(parent), Some(name)) = (pin_dir.parent(), pin_dir.file_name()) {
+        let prefix = format!("{}-exec-", name.to_string_lossy());
+        if let Ok(entries) = fs::read_dir(parent) {
+            dirs.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    for dir in dirs {
+        if let Ok(info) =
+            aya::programs::ProgramInfo::from_pin(dir.join("progs").join(PROG_CONNECT4))
+        {
+            ours.push(info.id());
+        }
+    }
+    let cgroup = fs::File::open(cgroup_dir)?;
+    let effective = bpfsys::prog_query_effective(&cgroup, bpfsys::BPF_CGROUP_INET4_CONNECT)?;
+    Ok(effective.iter().any(|id| ours.contains(id)))
+}
+
 /// What `status` shows about the pinned state.
 pub struct PinnedState {
     pub attached: Vec<u64>,

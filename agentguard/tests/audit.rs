@@ -175,8 +175,8 @@ fn psql_session_is_audited_and_replayable_without_raw_values() {
 fn audit_reads_beside_a_running_daemon() {
     require_root();
     let server = PeerServer::start("127.0.0.1:0");
-    let d = Setup::new("audit", "", &target("web", server.addr));
-    let (_daemon, _log) = start_daemon(&d, "daemon.log");
+    let d = Setup::new("audit", "", true, &target("web", server.addr));
+    let (_daemon, _log) = d.start_daemon("daemon.log");
 
     // Follow mode picks up what is recorded after it started.
     let mut follow = Command::new(bin());
@@ -189,9 +189,9 @@ fn audit_reads_beside_a_running_daemon() {
     let mut follow = Killed(follow.spawn().expect("audit -f"));
     std::thread::sleep(Duration::from_millis(500));
 
-    let line = client_in_cgroup(&d, server.addr.port());
+    let line = d.client_in_cgroup(server.addr.port());
     assert!(line.starts_with("peer=127.0.0.1:"), "{line}");
-    let refused = client_in_cgroup(&d, 1);
+    let refused = d.client_in_cgroup(1);
     assert!(refused.starts_with("ERR"), "{refused}");
 
     // Records reach the file within the batch window (50 ms + commit).
@@ -229,4 +229,260 @@ fn audit_reads_beside_a_running_daemon() {
     assert!(status.contains("audit:"), "{status}");
     let (sessions, _, ok) = cli(&d.config, &["sessions"]);
     assert!(ok && sessions.contains("web"), "{sessions}");
+}
+
+/// python3's http.server on a folder: a real HTTP server.
+fn http_server(dir: &std::path::Path) -> (Killed, u16) {
+    let port = free_port();
+    let child = Command::new(PYTHON)
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .arg("--directory")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("http.server");
+    wait_for("http.server", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    (Killed(child), port)
+}
+
+#[test]
+fn http_requests_are_audited_with_the_agents_identity() {
+    require_root();
+    let www = tempfile::tempdir().expect("www");
+    fs::write(
+        www.path().join("user.json"),
+        r#"{"name": "Ann", "email": "ann.planted@example.com"}"#,
+    )
+    .expect("file");
+    let (_api, api) = http_server(www.path());
+    let (_billing, billing) = http_server(www.path());
+    let d = Setup::new(
+        "audit-http",
+        "",
+        true,
+        &format!(
+            "[[targets]]\nname = \"api\"\naddress = \"127.0.0.1:{api}\"\nprotocol = \"http\"\n\
+             [[targets]]\nname = \"billing\"\naddress = \"127.0.0.1:{billing}\"\nprotocol = \"http\"\nlabels = [\"production\"]\n"
+        ),
+    );
+    let (_daemon, log) = d.start_daemon("daemon.log");
+    let curl = |args: &[&str]| {
+        let mut argv: Vec<String> = ["curl", "-sS", "-i", "--max-time", "20"]
+            .map(String::from)
+            .to_vec();
+        argv.extend(args.iter().map(|a| a.to_string()));
+        stdout(&run_with_timeout(
+            d.in_cgroup(&argv),
+            Duration::from_secs(30),
+        ))
+    };
+    let got = curl(&[&format!("http://127.0.0.1:{api}/user.json?view=full")]);
+    assert!(
+        got.starts_with("HTTP/1.0 200") || got.starts_with("HTTP/1.1 200"),
+        "{got}"
+    );
+    assert!(!got.contains(EMAILS[0]), "masked for the client: {got}");
+    let posted = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        "{\"amount\": 5}",
+        &format!("http://127.0.0.1:{billing}/charge"),
+    ]);
+    assert!(posted.contains(" 403 "), "{posted}");
+
+    // No waiting: a reply goes out only once its decision is committed.
+    let (text, err, ok) = cli(&d.config, &["audit", "--json", "--agent", "agent"]);
+    assert!(ok, "{err}");
+    let records = json_lines(&text);
+    let http = |method: &str| {
+        records
+            .iter()
+            .find(|r| r["request"]["kind"] == "http" && r["request"]["method"] == method)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {method} record: {text}\n{}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+    };
+    let curl_exe = fs::canonicalize("/usr/bin/curl").expect("curl");
+    let get = http("GET");
+    let post = http("POST");
+    for (r, target, action) in [(get, "api", "allow"), (post, "billing", "deny")] {
+        assert_eq!(r["action"], action, "{r}");
+        assert_eq!(r["target"]["name"], target, "{r}");
+        assert_eq!(r["identity"]["agent"], "agent", "{r}");
+        assert_eq!(r["identity"]["uid"], 0, "{r}");
+        assert_eq!(
+            r["identity"]["exe"].as_str().map(PathBuf::from),
+            Some(curl_exe.clone()),
+            "{r}"
+        );
+        assert!(r["session_id"].as_u64().is_some(), "{r}");
+        assert!(r["latency_us"].as_u64().is_some(), "{r}");
+        assert!(
+            r["policy_version"].as_str().is_some_and(|v| v.len() == 16),
+            "{r}"
+        );
+    }
+    assert_eq!(get["request"]["path"], "/user.json");
+    assert_eq!(get["request"]["query"], "view=full");
+    assert_eq!(post["request"]["path"], "/charge");
+    assert!(
+        post["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{post}"
+    );
+
+    // The mask count arrives once the body has been sent.
+    wait_for("the GET's mask count", Duration::from_secs(10), || {
+        let (text, _, _) = cli(&d.config, &["audit", "--json", "--target", "api"]);
+        json_lines(&text)
+            .iter()
+            .any(|r| r["request"]["method"] == "GET" && r["masks"]["email"] == 1)
+    });
+    let (table, _, ok) = cli(&d.config, &["audit", "--action", "deny"]);
+    assert!(
+        ok && table.contains("POST") && table.contains("/charge"),
+        "{table}"
+    );
+}
+
+/// Issue 6's crash test: SIGKILL the daemon in the middle of a burst of
+/// statements from four psql clients in the agent's cgroup; every
+/// statement whose result a client printed has its record after restart.
+#[test]
+fn killed_daemon_loses_no_record_of_an_answered_statement() {
+    use agentguard::audit::store::{Filter, Reader};
+    use std::sync::{Arc, Mutex};
+
+    require_root();
+    let pg = Pg::start();
+    let d = Setup::new(
+        "audit-crash",
+        "",
+        true,
+        &format!(
+            "[[targets]]\nname = \"app-db\"\naddress = \"{}\"\nprotocol = \"postgres\"\n",
+            pg.addr()
+        ),
+    );
+    let (mut daemon, log) = d.start_daemon("daemon1.log");
+    const CLIENTS: usize = 4;
+    const STATEMENTS: usize = 5000;
+    let printed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let script = d.config.dir.path().join(format!("burst{c}.sql"));
+        let sql: String = (0..STATEMENTS)
+            .map(|i| format!("SELECT 'burst-{c}-{i}';\n"))
+            .collect();
+        fs::write(&script, sql).expect("script");
+        // Line-buffered: a line is printed as soon as its result arrived.
+        let mut argv = vec!["stdbuf".to_owned(), "-oL".to_owned()];
+        argv.push(pg_bin("psql").display().to_string());
+        argv.extend(psql_args(pg.port));
+        argv.extend(["-v", "ON_ERROR_STOP=1", "-f"].map(String::from));
+        argv.push(script.display().to_string());
+        let mut cmd = d.in_cgroup(&argv);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = Killed(cmd.spawn().expect("psql"));
+        let out = child.0.stdout.take().expect("pipe");
+        let printed = Arc::clone(&printed);
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                printed.lock().expect("lock").push(line);
+            }
+        });
+        clients.push((child, reader));
+    }
+    wait_for("a burst under way", Duration::from_secs(60), || {
+        printed.lock().expect("lock").len() >= 1000
+    });
+    daemon.0.kill().expect("SIGKILL");
+    daemon.0.wait().expect("wait");
+    for (mut child, reader) in clients {
+        // Their connections died with the daemon.
+        let _ = child.0.wait();
+        reader.join().expect("reader");
+    }
+    let answered: Vec<String> = printed.lock().expect("lock").clone();
+    assert!(
+        answered.iter().all(|l| l.starts_with("burst-")),
+        "{answered:?}"
+    );
+    assert!(
+        answered.len() < CLIENTS * STATEMENTS,
+        "the kill must land mid-burst ({} answered)",
+        answered.len()
+    );
+
+    // The restarted daemon opens the same file (it refuses to run without).
+    let (_daemon, log2) = d.start_daemon("daemon2.log");
+    let (text, err, ok) = cli(
+        &d.config,
+        &["audit", "--json", "--agent", "agent", "--limit", "1000000"],
+    );
+    assert!(ok, "{err}");
+    let recorded: std::collections::HashSet<String> = json_lines(&text)
+        .iter()
+        .filter_map(|r| r["request"]["sql"].as_str())
+        .filter_map(|s| s.split('\'').nth(1).map(str::to_owned))
+        .collect();
+    let lost: Vec<&String> = answered.iter().filter(|a| !recorded.contains(*a)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} answered statements have no record, e.g. {:?}\n{}",
+        lost.len(),
+        answered.len(),
+        &lost[..lost.len().min(5)],
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(recorded.len() >= answered.len());
+
+    // None is corrupt: everything stored decodes.
+    let reader = Reader::open(&d.config.dir.path().join("state")).expect("open the database");
+    let (decisions, sessions, frames) = reader.counts().expect("counts");
+    let all = reader
+        .decisions(&Filter::default(), usize::MAX)
+        .expect("decisions");
+    assert_eq!(all.len() as u64, decisions, "every decision decodes");
+    let all_sessions = reader
+        .sessions(&Filter::default(), usize::MAX)
+        .expect("sessions");
+    assert_eq!(all_sessions.len() as u64, sessions, "every session decodes");
+    let decoded_frames: usize = all_sessions
+        .iter()
+        .map(|s| reader.frames(s.id).expect("frames decode").len())
+        .sum();
+    assert_eq!(decoded_frames as u64, frames, "every frame decodes");
+    drop(reader);
+
+    // And the restarted guard records on.
+    let mut argv = vec![pg_bin("psql").display().to_string()];
+    argv.extend(psql_args(pg.port));
+    argv.extend(["-c".to_owned(), "SELECT 'after-restart'".to_owned()]);
+    let out = run_with_timeout(d.in_cgroup(&argv), Duration::from_secs(30));
+    assert_eq!(
+        stdout(&out).trim(),
+        "after-restart",
+        "{}\n{}",
+        stderr(&out),
+        fs::read_to_string(&log2).unwrap_or_default()
+    );
+    let (text, _, _) = cli(&d.config, &["audit", "--json", "--agent", "agent"]);
+    assert!(text.contains("after-restart"), "{text}");
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::{fs, path::PathBuf, process::Command, time::Duration};
+use std::{fs, process::Command, time::Duration};
 
 use common::{daemon::*, *};
 
@@ -11,24 +11,10 @@ use common::{daemon::*, *};
 fn killed_daemon_fails_closed_and_restart_recovers() {
     require_root();
     let server = PeerServer::start("127.0.0.1:0");
-    let t = tag();
-    let cgroup_rel = format!("/agentguard-test-{t}/agent");
-    let bpffs = PathBuf::from(format!("/sys/fs/bpf/agentguard-test-{t}"));
-    let port = free_port();
-    let config = TestConfig::new(&format!(
-        "bpffs_dir = \"{}\"\n[listener]\nport = {port}\n[[agents]]\nname = \"agent\"\ncgroup = \"{cgroup_rel}\"\n{}",
-        bpffs.display(),
-        target("web", server.addr)
-    ));
-    let setup = Setup {
-        cgroup_dir: cgroup2_mount().join(cgroup_rel.trim_start_matches('/')),
-        cgroup_rel,
-        bpffs,
-        config,
-    };
+    let setup = Setup::new("test", "", true, &target("web", server.addr));
 
-    let (mut daemon, log) = start_daemon(&setup, "daemon1.log");
-    let line = client_in_cgroup(&setup, server.addr.port());
+    let (mut daemon, log) = setup.start_daemon("daemon1.log");
+    let line = setup.client_in_cgroup(server.addr.port());
     assert!(line.starts_with("peer=127.0.0.1:"), "{line}");
     let peer = line.trim_start_matches("peer=").to_owned();
     wait_for("allowed log line", Duration::from_secs(5), || {
@@ -38,7 +24,7 @@ fn killed_daemon_fails_closed_and_restart_recovers() {
                 .any(|x| field(x, "upstream_local") == Some(&peer))
         })
     });
-    let st = status(&setup);
+    let st = setup.status();
     assert!(st.contains("running (pid"), "{st}");
     assert!(st.contains(&setup.cgroup_rel), "{st}");
 
@@ -64,7 +50,7 @@ fn killed_daemon_fails_closed_and_restart_recovers() {
     daemon.0.kill().expect("kill");
     daemon.0.wait().expect("wait");
     let before = server.peers().len();
-    let line = client_in_cgroup(&setup, server.addr.port());
+    let line = setup.client_in_cgroup(server.addr.port());
     assert_eq!(
         line, "ERR ConnectionRefusedError",
         "with the daemon dead the connect must be refused"
@@ -74,12 +60,12 @@ fn killed_daemon_fails_closed_and_restart_recovers() {
         before,
         "nothing may reach the server directly"
     );
-    let st = status(&setup);
+    let st = setup.status();
     assert!(st.contains("not running"), "{st}");
     assert!(st.contains(&setup.cgroup_rel), "still attached: {st}");
 
-    let (_daemon, log2) = start_daemon(&setup, "daemon2.log");
-    let line = client_in_cgroup(&setup, server.addr.port());
+    let (_daemon, log2) = setup.start_daemon("daemon2.log");
+    let line = setup.client_in_cgroup(server.addr.port());
     assert!(
         line.starts_with("peer=127.0.0.1:"),
         "after restart: {line}\n{}",
@@ -106,21 +92,7 @@ fn bad_config_names_key_and_line() {
 fn attach_without_daemon_refuses_and_detach_releases() {
     require_root();
     let server = PeerServer::start("127.0.0.1:0");
-    let t = tag();
-    let cgroup_rel = format!("/agentguard-attach-{t}/agent");
-    let bpffs = PathBuf::from(format!("/sys/fs/bpf/agentguard-attach-{t}"));
-    let config = TestConfig::new(&format!(
-        "bpffs_dir = \"{}\"\n[listener]\nport = {}\n{}",
-        bpffs.display(),
-        free_port(),
-        target("web", server.addr)
-    ));
-    let setup = Setup {
-        cgroup_dir: cgroup2_mount().join(cgroup_rel.trim_start_matches('/')),
-        cgroup_rel,
-        bpffs,
-        config,
-    };
+    let setup = Setup::new("attach", "", false, &target("web", server.addr));
     fs::create_dir_all(&setup.cgroup_dir).expect("make cgroup");
 
     let cli = |args: &[&str]| {
@@ -137,7 +109,7 @@ fn attach_without_daemon_refuses_and_detach_releases() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let st = status(&setup);
+    let st = setup.status();
     assert!(
         st.contains("not running") && st.contains(&setup.cgroup_rel),
         "{st}"
@@ -145,7 +117,7 @@ fn attach_without_daemon_refuses_and_detach_releases() {
 
     // Attached, no daemon: nothing gets out.
     assert_eq!(
-        client_in_cgroup(&setup, server.addr.port()),
+        setup.client_in_cgroup(server.addr.port()),
         "ERR ConnectionRefusedError"
     );
     assert!(server.peers().is_empty());
@@ -157,10 +129,10 @@ fn attach_without_daemon_refuses_and_detach_releases() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Detached: the process connects directly (it sees its own address as peer).
-    let line = client_in_cgroup(&setup, server.addr.port());
+    let line = setup.client_in_cgroup(server.addr.port());
     assert!(line.starts_with("peer=127.0.0.1:"), "{line}");
     assert_eq!(server.peers().len(), 1);
-    assert!(!status(&setup).contains(&setup.cgroup_rel));
+    assert!(!setup.status().contains(&setup.cgroup_rel));
     let out = cli(&["detach", "--cgroup", &setup.cgroup_rel]);
     assert!(
         !out.status.success(),
@@ -172,29 +144,19 @@ fn attach_without_daemon_refuses_and_detach_releases() {
 fn policy_edits_apply_live_and_a_broken_edit_keeps_the_last_good() {
     require_root();
     let server = PeerServer::start("127.0.0.1:0");
-    let t = tag();
-    let cgroup_rel = format!("/agentguard-policy-{t}/agent");
-    let bpffs = PathBuf::from(format!("/sys/fs/bpf/agentguard-policy-{t}"));
     let policy_dir = tempfile::tempdir().expect("policy dir");
     let policy_file = policy_dir.path().join("agentguard.rego");
     fs::write(&policy_file, ALLOW_WEB).expect("policy");
-    let config = TestConfig::new(&format!(
-        "bpffs_dir = \"{}\"\npolicy_dir = \"{}\"\n[listener]\nport = {}\n[[agents]]\nname = \"agent\"\ncgroup = \"{cgroup_rel}\"\n{}",
-        bpffs.display(),
-        policy_dir.path().display(),
-        free_port(),
-        target("web", server.addr)
-    ));
-    let setup = Setup {
-        cgroup_dir: cgroup2_mount().join(cgroup_rel.trim_start_matches('/')),
-        cgroup_rel,
-        bpffs,
-        config,
-    };
-    let (_daemon, log) = start_daemon(&setup, "daemon.log");
+    let setup = Setup::new(
+        "policy",
+        &format!("policy_dir = \"{}\"\n", policy_dir.path().display()),
+        true,
+        &target("web", server.addr),
+    );
+    let (_daemon, log) = setup.start_daemon("daemon.log");
     let port = server.addr.port();
     assert!(
-        client_in_cgroup(&setup, port).starts_with("peer="),
+        setup.client_in_cgroup(port).starts_with("peer="),
         "v1 allows"
     );
 
@@ -203,7 +165,7 @@ fn policy_edits_apply_live_and_a_broken_edit_keeps_the_last_good() {
     let start = std::time::Instant::now();
     let mut denied = false;
     while start.elapsed() < Duration::from_secs(2) {
-        if client_in_cgroup(&setup, port).starts_with("ERR") {
+        if setup.client_in_cgroup(port).starts_with("ERR") {
             denied = true;
             break;
         }
@@ -225,10 +187,10 @@ fn policy_edits_apply_live_and_a_broken_edit_keeps_the_last_good() {
     wait_for(
         "the failed reload in status",
         Duration::from_secs(5),
-        || status(&setup).contains("FAILED"),
+        || setup.status().contains("FAILED"),
     );
     assert!(
-        client_in_cgroup(&setup, port).starts_with("ERR"),
+        setup.client_in_cgroup(port).starts_with("ERR"),
         "v2 still denies"
     );
     let cli = |args: &[&str]| {
@@ -249,7 +211,7 @@ fn policy_edits_apply_live_and_a_broken_edit_keeps_the_last_good() {
     // Fixed again, and `policy reload` and SIGHUP both reach the daemon.
     fs::write(&policy_file, ALLOW_WEB).expect("fix");
     wait_for("v1 live again", Duration::from_secs(5), || {
-        client_in_cgroup(&setup, port).starts_with("peer=")
+        setup.client_in_cgroup(port).starts_with("peer=")
     });
     let out = cli(&["policy", "reload"]);
     assert!(
@@ -274,5 +236,5 @@ fn policy_edits_apply_live_and_a_broken_edit_keeps_the_last_good() {
     wait_for("SIGHUP reload logged", Duration::from_secs(5), || {
         sighups() > before
     });
-    assert!(client_in_cgroup(&setup, port).starts_with("peer="));
+    assert!(setup.client_in_cgroup(port).starts_with("peer="));
 }

@@ -30,7 +30,7 @@ fn assert_no_panic(log: &Path) {
 }
 
 fn assert_alive(setup: &Setup) {
-    let st = status(setup);
+    let st = setup.status();
     assert!(st.contains("running (pid"), "daemon not running:\n{st}");
 }
 
@@ -53,6 +53,15 @@ fn audit_stats(setup: &Setup) -> serde_json::Value {
         .unwrap_or_default()
 }
 
+/// `program args…` inside the agent's cgroup.
+fn in_cgroup(setup: &Setup, program: &str, args: &[&str]) -> Command {
+    let argv: Vec<String> = std::iter::once(program)
+        .chain(args.iter().copied())
+        .map(str::to_owned)
+        .collect();
+    setup.in_cgroup(&argv)
+}
+
 fn sigkill(pid: i32) {
     // SAFETY: kill(2) of a process this test started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -65,12 +74,13 @@ fn postgres_backend_terminated_mid_query() {
     let setup = Setup::new(
         "fault-pg",
         "",
+        true,
         &format!(
             "[[targets]]\nname = \"db\"\naddress = \"{}\"\nprotocol = \"postgres\"\n",
             pg.addr()
         ),
     );
-    let (_daemon, log) = start_daemon(&setup, "daemon.log");
+    let (_daemon, log) = setup.start_daemon("daemon.log");
     let psql = pg_bin("psql").display().to_string();
     let mut sleep_args = psql_args(pg.port);
     sleep_args.extend(["-c".into(), "SELECT pg_sleep(60)".into()]);
@@ -139,11 +149,12 @@ fn http_server_killed_mid_body() {
     let setup = Setup::new(
         "fault-http",
         "",
+        true,
         &format!(
             "[[targets]]\nname = \"files\"\naddress = \"127.0.0.1:{port}\"\nprotocol = \"http\"\n"
         ),
     );
-    let (_daemon, log) = start_daemon(&setup, "daemon.log");
+    let (_daemon, log) = setup.start_daemon("daemon.log");
     let url = format!("http://127.0.0.1:{port}/big.bin");
     // Slow enough that the server is still sending when it dies.
     let cmd = in_cgroup(
@@ -197,11 +208,12 @@ fn unreachable_backend_is_a_clear_refusal() {
     let setup = Setup::new(
         "fault-unreach",
         "",
+        true,
         &format!("[[targets]]\nname = \"closed\"\naddress = \"127.0.0.1:{closed}\"\n"),
     );
-    let (_daemon, log) = start_daemon(&setup, "daemon.log");
+    let (_daemon, log) = setup.start_daemon("daemon.log");
     // A reset at once, not a hang and not an accepted-then-closed stream.
-    assert_eq!(client_in_cgroup(&setup, closed), "ERR ConnectionResetError");
+    assert_eq!(setup.client_in_cgroup(closed), "ERR ConnectionResetError");
     let text = fs::read_to_string(&log).unwrap_or_default();
     assert!(
         text.contains("upstream connect failed: Connection refused"),
@@ -246,8 +258,8 @@ print(f"ok={ok} err={err}")
 fn daemon_sigkilled_under_load_fails_closed_and_keeps_its_audit() {
     require_root();
     let server = PeerServer::start("127.0.0.1:0");
-    let setup = Setup::new("fault-kill", "", &target("web", server.addr));
-    let (mut daemon, _log) = start_daemon(&setup, "daemon1.log");
+    let setup = Setup::new("fault-kill", "", true, &target("web", server.addr));
+    let (mut daemon, _log) = setup.start_daemon("daemon1.log");
     let stop = setup.config.dir.path().join("stop-load");
     let port = server.addr.port().to_string();
     let stop_arg = stop.display().to_string();
@@ -273,7 +285,7 @@ fn daemon_sigkilled_under_load_fails_closed_and_keeps_its_audit() {
     thread::sleep(Duration::from_millis(200));
     let peers_down = server.peers().len();
     assert_eq!(
-        client_in_cgroup(&setup, server.addr.port()),
+        setup.client_in_cgroup(server.addr.port()),
         "ERR ConnectionRefusedError"
     );
     thread::sleep(Duration::from_millis(500));
@@ -283,7 +295,7 @@ fn daemon_sigkilled_under_load_fails_closed_and_keeps_its_audit() {
         "nothing may reach the server while down"
     );
 
-    let (_daemon2, log2) = start_daemon(&setup, "daemon2.log");
+    let (_daemon2, log2) = setup.start_daemon("daemon2.log");
     wait_for("traffic again", Duration::from_secs(30), || {
         server.peers().len() >= peers_down + 100
     });
@@ -341,23 +353,24 @@ fn policy_folder_deleted_or_corrupted_keeps_the_last_good() {
     let setup = Setup::new(
         "fault-policy",
         &format!("policy_dir = \"{}\"\n", policy_dir.display()),
+        true,
         &target("web", server.addr),
     );
-    let (_daemon, log) = start_daemon(&setup, "daemon.log");
+    let (_daemon, log) = setup.start_daemon("daemon.log");
     let port = server.addr.port();
-    assert!(client_in_cgroup(&setup, port).starts_with("peer="));
+    assert!(setup.client_in_cgroup(port).starts_with("peer="));
 
     // The whole folder goes away: v1 stays, status says why.
     fs::remove_dir_all(&policy_dir).expect("delete");
     wait_for(
         "the failed reload in status",
         Duration::from_secs(5),
-        || status(&setup).contains("FAILED"),
+        || setup.status().contains("FAILED"),
     );
-    let st = status(&setup);
+    let st = setup.status();
     assert!(st.contains(&policy_dir.display().to_string()), "{st}");
     assert!(
-        client_in_cgroup(&setup, port).starts_with("peer="),
+        setup.client_in_cgroup(port).starts_with("peer="),
         "the last good policy stays live"
     );
 
@@ -367,7 +380,7 @@ fn policy_folder_deleted_or_corrupted_keeps_the_last_good() {
     wait_for(
         "v2 live after the folder came back",
         Duration::from_secs(10),
-        || client_in_cgroup(&setup, port).starts_with("ERR"),
+        || setup.client_in_cgroup(port).starts_with("ERR"),
     );
 
     // Garbage bytes, then an empty (truncated) file: v2 stays.
@@ -377,15 +390,15 @@ fn policy_folder_deleted_or_corrupted_keeps_the_last_good() {
     ] {
         fs::write(policy_dir.join("agentguard.rego"), bytes).expect("corrupt");
         wait_for(what, Duration::from_secs(5), || {
-            status(&setup).contains("FAILED")
+            setup.status().contains("FAILED")
         });
         assert!(
-            client_in_cgroup(&setup, port).starts_with("ERR"),
+            setup.client_in_cgroup(port).starts_with("ERR"),
             "{what}: v2 must stay live"
         );
         fs::write(policy_dir.join("agentguard.rego"), DENY_ALL).expect("v2 again");
         wait_for("v2 reloaded", Duration::from_secs(5), || {
-            !status(&setup).contains("FAILED")
+            !setup.status().contains("FAILED")
         });
     }
     assert_alive(&setup);
@@ -462,13 +475,14 @@ fn state_disk_full_denies_with_a_clear_error_and_keeps_the_records() {
     let setup = Setup::new(
         "fault-disk",
         "",
+        true,
         &format!(
             "{}[audit]\nqueue = 256\non_overload = \"deny\"\n",
             target("web", server.addr)
         ),
     );
     let disk = SmallDisk::mount(&setup.config.dir.path().join("state"), "4m");
-    let (_daemon, log) = start_daemon(&setup, "daemon.log");
+    let (_daemon, log) = setup.start_daemon("daemon.log");
     let port = server.addr.port();
     assert_eq!(burst(&setup, port, 20), (20, 0));
     wait_for("records on disk", Duration::from_secs(10), || {

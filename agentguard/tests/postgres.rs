@@ -474,3 +474,125 @@ fn production_write_is_held_then_refused_without_approval() {
     );
     assert_eq!(pg.psql_direct("SELECT state FROM orders"), "new");
 }
+
+/// Turns TLS on in the test server with a certificate for 127.0.0.1 from a
+/// test CA; returns the CA's PEM file.
+fn enable_server_tls(pg: &Pg, dir: &Path) -> PathBuf {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("leaf");
+    let data = pg.dir.path().join("data");
+    std::fs::write(data.join("server.crt"), cert.pem()).expect("crt");
+    std::fs::write(data.join("server.key"), key.serialize_pem()).expect("key");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "chown postgres:postgres {d}/server.crt {d}/server.key && chmod 600 {d}/server.key",
+            d = data.display()
+        ))
+        .output()
+        .expect("chown");
+    assert!(out.status.success());
+    pg.psql_direct("ALTER SYSTEM SET ssl = on");
+    pg.psql_direct("SELECT pg_reload_conf()");
+    let ca = dir.join("server-ca.pem");
+    std::fs::write(&ca, ca_cert.pem()).expect("ca pem");
+    ca
+}
+
+/// psql inside `agentguard exec` with a libpq connection string.
+fn guarded_psql_conninfo(config: &TestConfig, conninfo: &str) -> (String, String, bool) {
+    let psql = pg_bin("psql").display().to_string();
+    let out = exec(
+        config,
+        &[
+            &psql,
+            "-X",
+            "-A",
+            "-t",
+            conninfo,
+            "-c",
+            "SELECT 'server sees ssl=' || ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            "-c",
+            "\\conninfo",
+        ],
+    );
+    (stdout(&out), stderr(&out), out.status.success())
+}
+
+#[test]
+fn tls_towards_the_agent_and_the_server() {
+    require_root();
+    let pg = Pg::start();
+    let scratch = tempfile::tempdir().expect("tmp");
+    let server_ca = enable_server_tls(&pg, scratch.path());
+
+    // verify-full to the server with the test CA; the agent insists on TLS
+    // and verifies the guard's leaf against the agentguard CA.
+    let config = pg_config(
+        &pg,
+        &format!(
+            "tls = \"verify-full\"\nca_file = \"{}\"\n",
+            server_ca.display()
+        ),
+    );
+    let init = Command::new(bin())
+        .arg("--config")
+        .arg(config.path())
+        .args(["ca", "init"])
+        .output()
+        .expect("ca init");
+    assert!(init.status.success(), "{}", stderr(&init));
+    let agentguard_ca = config.dir.path().join("state/ca/ca.crt");
+    let conninfo = |mode: &str, root: &Path| {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode={mode} sslrootcert={}",
+            pg.port,
+            root.display()
+        )
+    };
+    let (o, e, ok) = guarded_psql_conninfo(&config, &conninfo("verify-full", &agentguard_ca));
+    assert!(ok, "{o}\n{e}");
+    assert!(o.contains("server sees ssl=true"), "{o}\n{e}");
+    assert!(o.contains("SSL connection (protocol: TLSv1."), "{o}");
+    // The agent verifying against the server's own CA sees the guard's
+    // certificate instead: the guard is in the path, and says so.
+    let (o, e, ok) = guarded_psql_conninfo(&config, &conninfo("verify-full", &server_ca));
+    assert!(!ok, "{o}");
+    assert!(e.contains("certificate verify failed"), "{e}");
+
+    // require: encrypted to the server, certificate not checked.
+    let config = pg_config(&pg, "tls = \"require\"\n");
+    let (o, e, ok) = guarded_psql_conninfo(&config, &conninfo("disable", &server_ca));
+    assert!(ok, "{o}\n{e}");
+    assert!(o.contains("server sees ssl=true"), "{o}\n{e}");
+    assert!(!o.contains("SSL connection"), "plaintext to the guard: {o}");
+
+    // verify-full without the CA that signed the server: refused with the
+    // reason, never a silent downgrade.
+    let config = pg_config(&pg, "tls = \"verify-full\"\n");
+    let (o, e, ok) = guarded_psql_conninfo(&config, &conninfo("disable", &server_ca));
+    assert!(!ok, "{o}");
+    assert!(
+        e.contains("agentguard: cannot reach the server: TLS: server handshake failed"),
+        "{e}"
+    );
+
+    // No upstream TLS configured: the server sees plaintext; an agent that
+    // asks for TLS without a CA initialised gets 'N' and sslmode=require fails.
+    let config = pg_config(&pg, "");
+    let (o, e, ok) = guarded_psql_conninfo(&config, &conninfo("prefer", &server_ca));
+    assert!(ok, "{o}\n{e}");
+    assert!(o.contains("server sees ssl=false"), "{o}\n{e}");
+    let (_, e, ok) = guarded_psql_conninfo(&config, &conninfo("require", &server_ca));
+    assert!(!ok);
+    assert!(e.contains("server does not support SSL"), "{e}");
+}

@@ -1,5 +1,6 @@
 //! Project chores, run as `cargo xtask …` (the alias lives in .cargo/config.toml):
 //! - `setup`: the idempotent machine set-up (scripts/setup.sh);
+//! - `install`: binary, systemd unit, config, policies, man page (install.rs);
 //! - `bench l4`: direct vs agentguard vs haproxy on loopback (see bench.rs);
 //! - `bench pg`: pgbench direct vs agentguard vs pgbouncer (see bench/pg.rs);
 //! - `load`: 1,000 concurrent guarded PostgreSQL and HTTP connections through
@@ -12,6 +13,7 @@
 //! client as its own process so that it can be put under `agentguard exec`.
 
 mod bench;
+mod install;
 mod setup;
 mod vm;
 
@@ -30,6 +32,9 @@ struct Cli {
 enum Command {
     /// Install the eBPF toolchain and the Debian packages (runs scripts/setup.sh).
     Setup,
+    /// Install the binary, systemd unit, default config, policies, man page
+    /// and completions; create the control socket's groups.
+    Install(install::InstallArgs),
     /// Benchmarks (not tests): numbers go to BENCHMARKS.md.
     #[command(subcommand)]
     Bench(Bench),
@@ -67,6 +72,7 @@ enum Bench {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::run(&workspace_root()),
+        Command::Install(args) => install::run(&workspace_root(), &args),
         Command::Bench(Bench::L4(args)) => bench::l4(&workspace_root(), &args),
         Command::Bench(Bench::Pg(args)) => bench::pg::pg(&workspace_root(), &args),
         Command::BenchServer => bench::peer::serve(),

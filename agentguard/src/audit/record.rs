@@ -77,7 +77,7 @@ pub struct DecisionRecord {
     pub rows: Option<u64>,
     /// Time the guard added to decide, in µs.
     pub latency_us: u64,
-    /// Who approved an `approve` decision (approvals are not built yet).
+    /// Who answered an `approve` decision (`agentguard approve|deny`).
     #[serde(default)]
     pub approver: Option<String>,
 }
@@ -107,7 +107,7 @@ impl DecisionRecord {
             masks: BTreeMap::new(),
             rows: None,
             latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
-            approver: None,
+            approver: decision.approver.clone(),
         }
     }
 

@@ -44,6 +44,7 @@ fn decision(action: Action) -> Decision {
         reason: format!("{action:?} because"),
         mask: vec!["email".into()],
         policy_version: "v1".into(),
+        approver: None,
     }
 }
 
@@ -572,4 +573,71 @@ fn session_ids_are_unique_and_increasing() {
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
         writer.close().await;
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_wait_until_their_records_are_committed() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (rec, writer) = open_with(dir.path(), &config(""), None);
+    let (release, stalled) = std::sync::mpsc::channel();
+    rec.send_raw(Write::Stall(stalled)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let session = rec.session(rec.new_session_id());
+    session
+        .decision(record("a", 0, "t", Action::Allow, "SELECT 'held'"))
+        .await
+        .expect("queued");
+    let s = session.clone();
+    let waiting = tokio::spawn(async move { s.committed().await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the writer is stalled: nothing is committed, so the reply must wait"
+    );
+    let _ = release.send(());
+    waiting.await.expect("join").expect("committed");
+    // Committed means readable by another handle, with no flush.
+    let reader = store::Reader::open(dir.path()).expect("reader");
+    let all = reader.decisions(&Default::default(), 10).expect("q");
+    assert!(
+        all.iter().any(|r| r.request.line() == "SELECT 'held'"),
+        "{all:?}"
+    );
+
+    // Many connections at once: each sees its own record once released.
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let (rec, path) = (rec.clone(), dir.path().to_owned());
+            tokio::spawn(async move {
+                let s = rec.session(rec.new_session_id());
+                let sql = format!("SELECT {i}");
+                s.decision(record("a", 0, "t", Action::Allow, &sql))
+                    .await
+                    .expect("queued");
+                s.committed().await.expect("committed");
+                let reader = store::Reader::open(&path).expect("reader");
+                let all = reader.decisions(&Default::default(), 100).expect("q");
+                assert!(all.iter().any(|r| r.request.line() == sql), "{sql} missing");
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    writer.close().await;
+
+    // Off: replies do not wait, even for a stalled writer.
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = config("[audit]\ncommit_before_reply = false\n");
+    let (rec, writer) = open_with(dir.path(), &cfg, None);
+    let (release, stalled) = std::sync::mpsc::channel();
+    rec.send_raw(Write::Stall(stalled)).await;
+    let session = rec.session(rec.new_session_id());
+    session
+        .decision(record("a", 0, "t", Action::Allow, "SELECT 1"))
+        .await
+        .expect("queued");
+    session.committed().await.expect("no wait");
+    let _ = release.send(());
+    writer.close().await;
 }

@@ -43,7 +43,8 @@ pub fn parse_point(s: &str, now_ns: u64) -> Result<u64, String> {
     })
 }
 
-fn parse_duration(s: &str) -> Option<u64> {
+/// `90s`, `15m`, `1h`, `7d` in nanoseconds.
+pub fn parse_duration(s: &str) -> Option<u64> {
     let split = s.find(|c: char| !c.is_ascii_digit())?;
     let (n, unit) = s.split_at(split);
     let n: u64 = n.parse().ok()?;

@@ -1,8 +1,9 @@
 //! The one thread that writes the database: takes what is queued (up to
-//! 512 records, waiting at most 50 ms after the first for more), masks what
-//! could still hold a sensitive value, commits it in one transaction, and
-//! between batches runs retention in small steps so it never holds the
-//! queue up for long.
+//! 2048 records, waiting at most 50 ms after the first for more, unless a
+//! reply waits for one of them), masks what could still hold a sensitive
+//! value, commits it in one transaction, publishes the highest ticket
+//! committed, and between batches runs retention in small steps so it never
+//! holds the queue up for long.
 
 use std::{
     path::{Path, PathBuf},
@@ -11,18 +12,18 @@ use std::{
 };
 
 use agentguard_mask::{Engine, FieldContext, Selection};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use super::{
-    DecisionRecord, Frame, RequestSummary, Stats, StatsSnapshot,
+    Commits, DecisionRecord, Frame, Queued, RequestSummary, Stats, StatsSnapshot,
     record::DecisionId,
     store::{Store, Write},
     time,
 };
 use crate::decide::{Action, Decision};
 
-const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = 2048;
 const LINGER: Duration = Duration::from_millis(50);
 /// Records deleted per retention step (one short transaction).
 const EXPIRE_STEP: usize = 2000;
@@ -35,7 +36,9 @@ pub(super) struct Retention {
 
 pub(super) struct Writer {
     pub store: Store,
-    pub rx: mpsc::Receiver<Write>,
+    pub rx: mpsc::Receiver<Queued>,
+    pub commits: Arc<Commits>,
+    pub published: watch::Sender<u64>,
     pub stats: Arc<Stats>,
     pub retention: Retention,
     pub masker: Option<Arc<Engine>>,
@@ -63,7 +66,31 @@ pub(super) fn snapshot(stats: &Stats, path: &Path, queued: usize) -> StatsSnapsh
     }
 }
 
+/// The batch being gathered, and the highest ticket in it.
+#[derive(Default)]
+struct Batch {
+    writes: Vec<Write>,
+    ticket: u64,
+}
+
+impl Batch {
+    fn take(&mut self, (ticket, w): Queued) {
+        #[cfg(test)]
+        if let Write::Stall(release) = w {
+            let _ = release.recv();
+            return;
+        }
+        self.ticket = self.ticket.max(ticket);
+        self.writes.push(w);
+    }
+}
+
 impl Writer {
+    /// Someone waits for a ticket not yet committed: commit without lingering.
+    fn awaited(&self) -> bool {
+        self.commits.wanted.load(Ordering::SeqCst) > *self.published.borrow()
+    }
+
     fn run(mut self) {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -75,7 +102,8 @@ impl Writer {
                 // record still gets written.
                 error!("audit writer runs without timers: {e}");
                 while let Some(w) = self.rx.blocking_recv() {
-                    let mut batch = vec![w];
+                    let mut batch = Batch::default();
+                    batch.take(w);
                     if self.commit(&mut batch, false) {
                         return;
                     }
@@ -90,42 +118,58 @@ impl Writer {
         // File length after the last trim: the file grows again only once
         // the space freed then is used up.
         let mut trimmed_at = 0u64;
-        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut batch = Batch {
+            writes: Vec::with_capacity(MAX_BATCH),
+            ticket: 0,
+        };
         loop {
             let idle = next_retention
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_secs(1));
             match rt.block_on(tokio::time::timeout(idle, self.rx.recv())) {
-                Ok(Some(w)) => take(&mut batch, w),
+                Ok(Some(w)) => batch.take(w),
                 Ok(None) => {
                     self.commit(&mut batch, true);
                     return;
                 }
                 Err(_) => {}
             }
-            if !batch.is_empty() {
+            if !batch.writes.is_empty() {
                 let deadline = tokio::time::Instant::now() + LINGER;
-                while batch.len() < MAX_BATCH && !matches!(batch.last(), Some(Write::Close)) {
+                while batch.writes.len() < MAX_BATCH
+                    && !matches!(batch.writes.last(), Some(Write::Close))
+                {
                     match self.rx.try_recv() {
-                        Ok(w) => take(&mut batch, w),
+                        Ok(w) => batch.take(w),
                         Err(mpsc::error::TryRecvError::Disconnected) => break,
                         Err(mpsc::error::TryRecvError::Empty) => {
-                            if batch.iter().any(|w| matches!(w, Write::Flush(_))) {
+                            if self.awaited()
+                                || batch.writes.iter().any(|w| matches!(w, Write::Flush(_)))
+                            {
                                 break;
                             }
-                            match rt.block_on(tokio::time::timeout_at(deadline, self.rx.recv())) {
-                                Ok(Some(w)) => take(&mut batch, w),
-                                Ok(None) | Err(_) => break,
+                            // More records, the deadline, or a reply that
+                            // starts waiting (then drain and commit).
+                            let more = rt.block_on(async {
+                                tokio::select! {
+                                    r = tokio::time::timeout_at(deadline, self.rx.recv()) => Some(r),
+                                    () = self.commits.wake.notified() => None,
+                                }
+                            });
+                            match more {
+                                Some(Ok(Some(w))) => batch.take(w),
+                                Some(Ok(None) | Err(_)) => break,
+                                None => {}
                             }
                         }
                     }
                 }
-                let closing = matches!(batch.last(), Some(Write::Close));
+                let closing = matches!(batch.writes.last(), Some(Write::Close));
                 if closing {
                     // Whatever was sent before the close still goes in.
                     self.rx.close();
                     while let Ok(w) = self.rx.try_recv() {
-                        batch.push(w);
+                        batch.take(w);
                     }
                 }
                 if self.commit(&mut batch, closing) || closing {
@@ -152,7 +196,9 @@ impl Writer {
     /// Commits `batch`, retrying until it is written: a full disk must not
     /// lose records (the queue fills meanwhile, and on_overload applies).
     /// Returns true when the writer should stop.
-    fn commit(&mut self, batch: &mut Vec<Write>, closing: bool) -> bool {
+    fn commit(&mut self, batch: &mut Batch, closing: bool) -> bool {
+        let ticket = batch.ticket;
+        let batch = &mut batch.writes;
         let stop = batch.iter().any(|w| matches!(w, Write::Close));
         let overloaded = self.stats.overload_unrecorded.swap(0, Ordering::Relaxed);
         if overloaded > 0 {
@@ -164,9 +210,9 @@ impl Writer {
         let records = batch.iter().filter(|w| w.is_record()).count() as u64;
         let mut delay = Duration::from_millis(100);
         let mut attempts = 0;
-        loop {
+        let written = loop {
             match self.store.apply(batch) {
-                Ok(()) => break,
+                Ok(()) => break true,
                 Err(e) => {
                     attempts += 1;
                     self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -175,7 +221,7 @@ impl Writer {
                             records,
                             "audit: cannot write the last batch while stopping, records lost: {e}"
                         );
-                        break;
+                        break false;
                     }
                     error!(records, "audit: commit failed, retrying in {delay:?}: {e}");
                     // `status` shows the failures while this loop lasts.
@@ -189,9 +235,16 @@ impl Writer {
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
-        }
+        };
         self.stats.written.fetch_add(records, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Release);
+        // Lost records are never reported committed: their waiters see
+        // the writer stop instead.
+        self.published.send_if_modified(|c| {
+            let newer = written && ticket > *c;
+            *c = (*c).max(ticket);
+            newer
+        });
         for w in batch.drain(..) {
             if let Write::Flush(done) = w {
                 let _ = done.send(());
@@ -327,15 +380,6 @@ impl Writer {
     }
 }
 
-fn take(batch: &mut Vec<Write>, w: Write) {
-    #[cfg(test)]
-    if let Write::Stall(release) = w {
-        let _ = release.recv();
-        return;
-    }
-    batch.push(w);
-}
-
 fn mask_text(engine: &Engine, sel: &Selection, text: &str) -> String {
     engine
         .mask_value(text, &FieldContext::text(), sel)
@@ -374,6 +418,7 @@ fn overload_record(n: u64) -> Write {
             ),
             mask: Vec::new(),
             policy_version: String::new(),
+            approver: None,
         },
         Duration::ZERO,
     );

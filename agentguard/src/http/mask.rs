@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use super::BoxError;
+use crate::audit::ResultRecorder;
 
 /// JSON bodies up to this size are masked as a tree; larger ones as text.
 const MAX_JSON_TREE: usize = 16 << 20;
@@ -248,13 +249,15 @@ impl Body for ChannelBody {
 
 type Tx = mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
 
-/// Masks `body` on a task of its own; returns what the agent reads.
+/// Masks `body` on a task of its own; returns what the agent reads. What
+/// was masked goes to `recorder` (the request's audit record) at the end.
 pub fn masked_body(
     engine: Arc<Engine>,
     sel: Arc<Selection>,
     class: Class,
     encoding: Encoding,
     body: Incoming,
+    mut recorder: ResultRecorder,
 ) -> ChannelBody {
     let (tx, rx) = mpsc::channel(16);
     let span = tracing::Span::current();
@@ -279,6 +282,8 @@ pub fn masked_body(
                     .collect();
                 info!(masked = %summary.join(","), "response masked");
             }
+            recorder.masked(task.findings.iter().map(|(k, n)| (&**k, u64::from(*n))));
+            recorder.finish().await;
         },
         span,
     ));

@@ -10,7 +10,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -26,6 +26,7 @@ use super::{
     upstream::{Redial, Upstream},
 };
 use crate::{
+    audit::{DecisionId, DecisionRecord, RequestSummary},
     config::Protocol,
     decide::{self, Action, Decision, Input},
 };
@@ -188,6 +189,7 @@ impl Session {
     }
 
     async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
         let mut upgrade = is_upgrade(req.headers());
         if upgrade.as_deref() == Some("h2c") {
             // An h2c upgrade would turn the rest of the connection into
@@ -216,6 +218,13 @@ impl Session {
             .unwrap_or_else(|| target.ip.clone());
         let path = parts.uri.path().to_owned();
         let query = parts.uri.query().map(str::to_owned);
+        // Until the request is parsed for policy: what refusals record.
+        let mut summary = RequestSummary::Http {
+            method: parts.method.to_string(),
+            host: Some(host.clone()),
+            path: path.clone(),
+            query: query.clone(),
+        };
 
         let content_type = parts
             .headers
@@ -234,10 +243,10 @@ impl Session {
             match buffer(body, input::MAX_JSON_BODY).await {
                 Ok(b) => b,
                 Err(e) => {
-                    return self.refuse(
-                        StatusCode::BAD_REQUEST,
-                        &format!("reading the request body: {e}"),
-                    );
+                    let reason = format!("reading the request body: {e}");
+                    return self
+                        .refuse_recorded(StatusCode::BAD_REQUEST, summary, &reason, started)
+                        .await;
                 }
             }
         } else {
@@ -245,7 +254,14 @@ impl Session {
         };
         let complete = rest.is_none();
         let Ok((engine, detect_sel)) = self.conn.shared.engine() else {
-            return self.refuse(StatusCode::FORBIDDEN, "mask engine unavailable");
+            return self
+                .refuse_recorded(
+                    StatusCode::FORBIDDEN,
+                    summary,
+                    "mask engine unavailable",
+                    started,
+                )
+                .await;
         };
         let request = input::build(
             target.protocol,
@@ -264,6 +280,7 @@ impl Session {
             engine,
             detect_sel,
         );
+        summary = request_summary(&request).unwrap_or(summary);
         let is_llm = matches!(request, decide::Request::Llm(_));
         // A watch answers with one JSON object per event, for as long as
         // it lasts: masked line by line, never buffered whole.
@@ -274,29 +291,44 @@ impl Session {
                 input::MAX_JSON_BODY
             );
             warn!(method = %parts.method, path, %reason, "denied");
-            return self.refuse(StatusCode::FORBIDDEN, &reason);
+            return self
+                .refuse_recorded(StatusCode::FORBIDDEN, summary, &reason, started)
+                .await;
         }
         let input = Input {
             identity: self.conn.identity.clone(),
             target: target.clone(),
             request,
         };
-        let decision = self.decide(&input, parts.method.as_str(), &path).await;
-        if decision.action != Action::Allow {
-            return self.refuse(StatusCode::FORBIDDEN, &decision.reason);
-        }
-        let Ok(upstream) = &self.upstream else {
-            let reason = self.upstream.as_ref().err().map_or("", String::as_str);
-            warn!(method = %parts.method, path, %reason, "denied");
-            return self.refuse(StatusCode::FORBIDDEN, reason);
-        };
-        let sel = match engine.selection(target.name.as_deref(), &decision.mask) {
-            Ok(s) => Arc::new(s),
-            Err(e) => {
-                let reason = format!("policy error: decision's mask list: {e}");
-                warn!(%reason, "denied");
-                return self.refuse(StatusCode::FORBIDDEN, &reason);
+        let mut decision = self.decide(&input, parts.method.as_str(), &path).await;
+        // What the guard refuses after an allow is recorded as the deny
+        // the agent gets.
+        let usable = match (&self.upstream, decision.action) {
+            (_, Action::Deny | Action::Approve) => None,
+            (Err(reason), Action::Allow) => Some(Err(reason.clone())),
+            (Ok(upstream), Action::Allow) => {
+                match engine.selection(target.name.as_deref(), &decision.mask) {
+                    Ok(sel) => Some(Ok((upstream, Arc::new(sel)))),
+                    Err(e) => Some(Err(format!("policy error: decision's mask list: {e}"))),
+                }
             }
+        };
+        if let Some(Err(reason)) = &usable {
+            warn!(method = %parts.method, path, %reason, "denied");
+            decision = Decision {
+                action: Action::Deny,
+                reason: reason.clone(),
+                ..decision
+            };
+        }
+        let audit = match self.record(summary, &decision, started).await {
+            Ok(id) => id,
+            Err(reason) => return self.refuse(StatusCode::FORBIDDEN, &reason),
+        };
+        let Some(Ok((upstream, sel))) = usable else {
+            return self
+                .released(self.refuse(StatusCode::FORBIDDEN, &decision.reason))
+                .await;
         };
 
         // The prompt's PII is masked before it leaves the host.
@@ -364,7 +396,8 @@ impl Session {
             Ok(r) => r,
             Err(e) => {
                 warn!(%method, path, "upstream failed: {e}");
-                return self.refuse(StatusCode::BAD_GATEWAY, &format!("upstream: {e}"));
+                let resp = self.refuse(StatusCode::BAD_GATEWAY, &format!("upstream: {e}"));
+                return self.released(resp).await;
             }
         };
 
@@ -385,7 +418,9 @@ impl Session {
             info!(%method, path, upgrade = ?upgrade, "upgraded");
             let (mut rp, _) = resp.into_parts();
             strip_hop_by_hop(&mut rp.headers, true);
-            return Response::from_parts(rp, full(Bytes::new()));
+            return self
+                .released(Response::from_parts(rp, full(Bytes::new())))
+                .await;
         }
 
         // Towards the agent.
@@ -416,8 +451,13 @@ impl Session {
             (false, mask::Class::Json) if is_watch => mask::Class::Lines,
             (false, c) => c,
         };
+        let mut result = self.conn.session.result_recorder(audit);
+        result.complete(rparts.status.to_string()).await;
         if class == mask::Class::Opaque {
-            return Response::from_parts(rparts, incoming(rbody));
+            result.finish().await;
+            return self
+                .released(Response::from_parts(rparts, incoming(rbody)))
+                .await;
         }
         let encoding = match mask::encoding(&rparts.headers) {
             Ok(e) => e,
@@ -426,13 +466,65 @@ impl Session {
                     "cannot inspect a response with content-encoding `{enc}` (agentguard asked the server for gzip or identity)"
                 );
                 warn!(%method, path, %reason, "response refused");
-                return self.refuse(StatusCode::BAD_GATEWAY, &reason);
+                result.finish().await;
+                return self
+                    .released(self.refuse(StatusCode::BAD_GATEWAY, &reason))
+                    .await;
             }
         };
         rparts.headers.remove(header::CONTENT_LENGTH);
         rparts.headers.remove(header::CONTENT_ENCODING);
-        let body = mask::masked_body(Arc::clone(engine), sel, class, encoding, rbody);
-        Response::from_parts(rparts, body.boxed_unsync())
+        // What was masked goes into the record when the body is complete.
+        let body = mask::masked_body(Arc::clone(engine), sel, class, encoding, rbody, result);
+        self.released(Response::from_parts(rparts, body.boxed_unsync()))
+            .await
+    }
+
+    /// Records this request's decision. `Err`: the audit log cannot take
+    /// it (on_overload = deny), so the request is refused.
+    async fn record(
+        &self,
+        summary: RequestSummary,
+        decision: &Decision,
+        started: Instant,
+    ) -> Result<DecisionId, String> {
+        let record = DecisionRecord::new(
+            Some(self.conn.session.id),
+            Some(&self.conn.identity),
+            Some(&self.conn.target),
+            summary,
+            decision,
+            started.elapsed(),
+        );
+        self.conn.session.decision(record).await.map_err(|e| {
+            warn!(reason = %e, "denied");
+            e.to_string()
+        })
+    }
+
+    /// A refusal that needed no policy, recorded like any deny.
+    async fn refuse_recorded(
+        &self,
+        status: StatusCode,
+        summary: RequestSummary,
+        reason: &str,
+        started: Instant,
+    ) -> Response<Body> {
+        let _ = self.record(summary, &Decision::deny(reason), started).await;
+        self.released(self.refuse(status, reason)).await
+    }
+
+    /// The response goes out once this request's decision is committed
+    /// (see audit.rs), so a crash never loses the record of a request the
+    /// agent saw answered. Its mask counts follow when the body is done.
+    async fn released(&self, resp: Response<Body>) -> Response<Body> {
+        match self.conn.session.committed().await {
+            Ok(()) => resp,
+            Err(e) => self.refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("audit log unavailable: {e}"),
+            ),
+        }
     }
 
     async fn decide(&self, input: &Input, method: &str, path: &str) -> Decision {
@@ -447,18 +539,41 @@ impl Session {
                 decision
             }
             Action::Approve => {
-                let timeout = self.conn.approval_timeout;
-                warn!(method, path, reason = %decision.reason, ?timeout, "held for approval");
-                tokio::time::sleep(timeout).await;
-                let reason = format!(
-                    "approval required ({}), none given within {}s",
-                    decision.reason,
-                    timeout.as_secs()
-                );
-                warn!(method, path, %reason, "denied");
-                Decision::deny(reason)
+                warn!(method, path, reason = %decision.reason, "held for approval");
+                self.conn.approvals.hold(input, decision).await
             }
         }
+    }
+}
+
+/// What the audit log shows for a request, from what policy saw.
+fn request_summary(request: &decide::Request) -> Option<RequestSummary> {
+    Some(match request {
+        decide::Request::Http(h) => http_summary(h),
+        decide::Request::K8s(k) => RequestSummary::K8s {
+            verb: k.verb.clone(),
+            group: k.group.clone(),
+            // Non-resource paths (/version, discovery) show as the path.
+            resource: k.resource.clone().unwrap_or_else(|| k.path.clone()),
+            namespace: k.namespace.clone(),
+            name: k.name.clone(),
+            subresource: k.subresource.clone(),
+        },
+        decide::Request::Llm(l) => RequestSummary::Llm {
+            provider: l.provider.to_owned(),
+            model: l.model.clone(),
+            path: l.http.path.clone(),
+        },
+        _ => return None,
+    })
+}
+
+fn http_summary(h: &input::HttpRequest) -> RequestSummary {
+    RequestSummary::Http {
+        method: h.method.clone(),
+        host: Some(h.host.clone()),
+        path: h.path.clone(),
+        query: (!h.query.is_empty()).then(|| h.query.clone()),
     }
 }
 

@@ -19,10 +19,7 @@ use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{
-        TcpStream,
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-    },
+    net::TcpStream,
 };
 use tracing::{debug, info, warn};
 
@@ -66,15 +63,45 @@ pub enum PgError {
     Codec(#[from] codec::CodecError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
+
+/// TLS on either side of a PostgreSQL session.
+#[derive(Default)]
+pub struct PgTls {
+    /// Answers an agent's SSLRequest with 'S' and terminates its TLS with
+    /// a leaf of the agentguard CA; None (no CA): 'N', plaintext.
+    pub client: Option<Arc<rustls::ServerConfig>>,
+    /// TLS to the server (target `tls = "require" | "verify-full"`).
+    pub upstream: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls_pki_types::ServerName<'static>,
+    )>,
+}
+
+/// Either side's halves, plaintext or TLS alike.
+type Rd = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+type Wr = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+fn halves<S>(s: S) -> (Rd, Wr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (r, w) = tokio::io::split(s);
+    (Box::new(r), Box::new(w))
+}
+
+/// Bytes of an SSLRequest: length 8, code 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 
 pub struct PgGuard {
     pub decider: Arc<dyn Decide>,
     pub identity: Identity,
     pub target: Target,
-    /// How long a statement whose decision is `approve` is held before it is
-    /// refused (approvals are granted through the approvals CLI).
-    pub approval_timeout: Duration,
+    /// Where `approve` decisions wait for a person.
+    pub approvals: Arc<crate::approvals::Approvals>,
+    pub tls: PgTls,
     pub masker: Option<Arc<Engine>>,
     /// The connection's recording: decisions, and results as forwarded.
     pub session: SessionHandle,
@@ -121,28 +148,131 @@ struct Shared {
     pending: VecDeque<Pending>,
 }
 
-pub async fn run(guard: PgGuard, client: TcpStream, upstream: TcpStream) -> Result<(), PgError> {
-    let (mut client_rd, mut client_wr) = client.into_split();
-    let (upstream_rd, mut upstream_wr) = upstream.into_split();
-    let mut buf = BytesMut::with_capacity(8 * 1024);
+/// Reads the agent's SSLRequest / GSSENCRequest, if any, on the plain
+/// socket: TLS when the CA can serve it ('S'), else 'N'. Returns the
+/// agent's side and what it sent after.
+async fn client_side(
+    mut client: TcpStream,
+    tls: Option<&Arc<rustls::ServerConfig>>,
+    buf: &mut BytesMut,
+) -> Result<(Rd, Wr), PgError> {
+    loop {
+        match codec::decode_startup(buf) {
+            Ok(Some(Startup::SslRequest)) if let Some(config) = tls => {
+                // Bytes sent before the handshake would be read as if they
+                // came over TLS (CVE-2021-23222's shape): refuse them.
+                if !buf.is_empty() {
+                    return Err(PgError::Tls(
+                        "data sent after SSLRequest before the TLS handshake".into(),
+                    ));
+                }
+                client.write_all(b"S").await?;
+                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(config));
+                let stream = acceptor
+                    .accept(client)
+                    .await
+                    .map_err(|e| PgError::Tls(format!("agent handshake failed: {e}")))?;
+                debug!("agent's TLS terminated with the agentguard CA");
+                return Ok(halves(stream));
+            }
+            Ok(Some(Startup::SslRequest | Startup::GssEncRequest)) => {
+                // 'N': go on in plaintext (over loopback).
+                client.write_all(b"N").await?;
+            }
+            Ok(Some(Startup::Cancel(raw) | Startup::Startup { raw, .. })) => {
+                // Not for this step: put it back for the startup loop.
+                let mut again = BytesMut::from(&raw[..]);
+                again.extend_from_slice(buf);
+                *buf = again;
+                let (r, w) = client.into_split();
+                return Ok((Box::new(r), Box::new(w)));
+            }
+            Ok(None) => {
+                if client.read_buf(buf).await? == 0 {
+                    return Err(PgError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+            }
+            Err(e) => {
+                let _ = client
+                    .write_all(&codec::error_response(
+                        PROTOCOL_VIOLATION,
+                        &format!("agentguard: protocol error: {e}"),
+                    ))
+                    .await;
+                return Err(e.into());
+            }
+        }
+    }
+}
 
-    let params = loop {
+/// TLS to the server when the target asks for it: SSLRequest, 'S', handshake.
+async fn server_side(mut upstream: TcpStream, tls: &PgTls) -> Result<(Rd, Wr), PgError> {
+    let Some((config, name)) = &tls.upstream else {
+        let (r, w) = upstream.into_split();
+        return Ok((Box::new(r), Box::new(w)));
+    };
+    upstream.write_all(&SSL_REQUEST).await?;
+    let mut answer = [0u8; 1];
+    upstream.read_exact(&mut answer).await?;
+    if answer[0] != b'S' {
+        return Err(PgError::Tls(format!(
+            "the server refused TLS (answered {:?}) and the target requires it",
+            char::from(answer[0])
+        )));
+    }
+    let stream = tokio_rustls::TlsConnector::from(Arc::clone(config))
+        .connect(name.clone(), upstream)
+        .await
+        .map_err(|e| PgError::Tls(format!("server handshake failed: {e}")))?;
+    Ok(halves(stream))
+}
+
+pub async fn run(guard: PgGuard, client: TcpStream, upstream: TcpStream) -> Result<(), PgError> {
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let (mut client_rd, mut client_wr) =
+        match client_side(client, guard.tls.client.as_ref(), &mut buf).await {
+            Ok(c) => c,
+            Err(PgError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        };
+    let mut upstream = Some(upstream);
+
+    let (params, upstream_rd, mut upstream_wr) = loop {
         match codec::decode_startup(&mut buf) {
             Ok(Some(Startup::SslRequest | Startup::GssEncRequest)) => {
-                // No TLS towards the agent yet: 'N' tells the client to go on
-                // in plaintext (over loopback).
+                // Already on TLS, or asked again: 'N'.
                 client_wr.write_all(b"N").await?;
             }
             Ok(Some(Startup::Cancel(raw))) => {
                 // A cancel arrives on its own connection to the same server;
-                // its key is the server's own, so it is forwarded unchanged.
-                upstream_wr.write_all(&raw).await?;
+                // its key is the server's own, so it is forwarded unchanged
+                // (over TLS too when the target asks for it).
+                if let Some(up) = upstream.take() {
+                    let (_, mut w) = server_side(up, &guard.tls).await?;
+                    w.write_all(&raw).await?;
+                    let _ = w.shutdown().await;
+                }
                 debug!("cancel request forwarded");
                 return Ok(());
             }
             Ok(Some(Startup::Startup { raw, params })) => {
-                upstream_wr.write_all(&raw).await?;
-                break params;
+                let Some(up) = upstream.take() else {
+                    return Ok(());
+                };
+                let (r, mut w) = match server_side(up, &guard.tls).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        let _ = client_wr
+                            .write_all(&codec::error_response(
+                                "08001",
+                                &format!("agentguard: cannot reach the server: {e}"),
+                            ))
+                            .await;
+                        return Err(e);
+                    }
+                };
+                w.write_all(&raw).await?;
+                break (params, r, w);
             }
             Ok(None) => {
                 if client_rd.read_buf(&mut buf).await? == 0 {
@@ -313,17 +443,7 @@ impl Session {
         match decision.action {
             Action::Allow => debug!(sql, "allowed"),
             Action::Deny => warn!(sql, reason = %decision.reason, "denied"),
-            Action::Approve => {
-                warn!(sql, reason = %decision.reason, timeout = ?self.guard.approval_timeout, "held for approval");
-                tokio::time::sleep(self.guard.approval_timeout).await;
-                let reason = format!(
-                    "approval required ({}), none given within {}s",
-                    decision.reason,
-                    self.guard.approval_timeout.as_secs()
-                );
-                warn!(sql, %reason, "denied");
-                return Decision::deny(reason);
-            }
+            Action::Approve => return self.guard.approvals.hold(&input, decision).await,
         }
         decision
     }
@@ -392,10 +512,10 @@ fn refusal(reason: &str) -> Bytes {
 
 async fn client_to_server(
     session: &Session,
-    mut rd: OwnedReadHalf,
+    mut rd: Rd,
     mut buf: BytesMut,
-    upstream: &mut OwnedWriteHalf,
-    _client: &tokio::sync::Mutex<OwnedWriteHalf>,
+    upstream: &mut Wr,
+    _client: &tokio::sync::Mutex<Wr>,
     shared: &Mutex<Shared>,
 ) -> Result<(), PgError> {
     let push = |p: Pending| {
@@ -547,8 +667,8 @@ fn prepared_definitions(analysis: &sql::SqlAnalysis) -> Vec<(String, StatementIn
 }
 
 async fn server_to_client(
-    mut rd: OwnedReadHalf,
-    client: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    mut rd: Rd,
+    client: Arc<tokio::sync::Mutex<Wr>>,
     shared: Arc<Mutex<Shared>>,
     masker: Option<Arc<Engine>>,
     session: SessionHandle,
@@ -568,8 +688,7 @@ async fn server_to_client(
             Some(m) => m,
             None => {
                 if !out.is_empty() {
-                    client.lock().await.write_all(&out).await?;
-                    out.clear();
+                    release(&client, &mut out, &recording.session).await?;
                 }
                 if rd.read_buf(&mut buf).await? == 0 {
                     return Ok(());
@@ -756,10 +875,25 @@ async fn server_to_client(
         }
         out.extend_from_slice(replaced.as_deref().unwrap_or(&msg.raw));
         if out.len() >= 64 * 1024 {
-            client.lock().await.write_all(&out).await?;
-            out.clear();
+            release(&client, &mut out, &recording.session).await?;
         }
     }
+}
+
+/// Writes `out` to the client once the decisions it answers are committed,
+/// so a crash never loses the record of a statement the client saw answered.
+async fn release(
+    client: &tokio::sync::Mutex<Wr>,
+    out: &mut BytesMut,
+    session: &SessionHandle,
+) -> Result<(), PgError> {
+    session
+        .committed()
+        .await
+        .map_err(|e| std::io::Error::other(format!("audit: {e}")))?;
+    client.lock().await.write_all(out).await?;
+    out.clear();
+    Ok(())
 }
 
 /// Types whose binary form is their text (so detectors can read it).

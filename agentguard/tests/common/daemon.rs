@@ -1,5 +1,5 @@
-//! A daemon (`agentguard run`) with its own cgroup, bpffs folder, run_dir and
-//! state_dir, and clients placed in its agent cgroup (daemon.rs, faults.rs).
+//! A daemon of the test's own: its cgroup, bpffs folder, listener port and
+//! config, removed (and detached) on drop.
 
 use std::{
     fs,
@@ -11,50 +11,18 @@ use std::{
 
 use super::*;
 
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 pub struct Setup {
     pub config: TestConfig,
     pub cgroup_rel: String,
     pub cgroup_dir: PathBuf,
     pub bpffs: PathBuf,
-}
-
-impl Setup {
-    /// One agent (`agent`) in a cgroup named after `name`. `top` holds
-    /// top-level keys; `tables` follows `[listener]` (so it may start with
-    /// listener keys) and holds targets and other tables.
-    pub fn new(name: &str, top: &str, tables: &str) -> Self {
-        let t = tag();
-        let cgroup_rel = format!("/agentguard-{name}-{t}/agent");
-        let bpffs = PathBuf::from(format!("/sys/fs/bpf/agentguard-{name}-{t}"));
-        let config = TestConfig::new(&format!(
-            "bpffs_dir = \"{}\"\n{top}[listener]\nport = {}\n{tables}[[agents]]\nname = \"agent\"\ncgroup = \"{cgroup_rel}\"\n",
-            bpffs.display(),
-            free_port(),
-        ));
-        Self {
-            cgroup_dir: cgroup2_mount().join(cgroup_rel.trim_start_matches('/')),
-            cgroup_rel,
-            bpffs,
-            config,
-        }
-    }
-
-    pub fn daemon_pid(&self) -> Option<i32> {
-        fs::read_to_string(self.config.dir.path().join("run/daemon.json"))
-            .ok()
-            .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
-            .and_then(|v| v["pid"].as_i64())
-            .and_then(|p| i32::try_from(p).ok())
-    }
-
-    pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(bin())
-            .arg("--config")
-            .arg(self.config.path())
-            .args(args)
-            .output()
-            .expect("run agentguard")
-    }
 }
 
 impl Drop for Setup {
@@ -72,64 +40,88 @@ impl Drop for Setup {
     }
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+impl Setup {
+    /// `top`: top-level config keys; with `agent`, the cgroup is agent
+    /// "agent"'s; `tables`: targets and the like.
+    pub fn new(kind: &str, top: &str, agent: bool, tables: &str) -> Self {
+        let t = tag();
+        let cgroup_rel = format!("/agentguard-{kind}-{t}/agent");
+        let bpffs = PathBuf::from(format!("/sys/fs/bpf/agentguard-{kind}-{t}"));
+        let agents = if agent {
+            format!("[[agents]]\nname = \"agent\"\ncgroup = \"{cgroup_rel}\"\n")
+        } else {
+            String::new()
+        };
+        let config = TestConfig::new(&format!(
+            "bpffs_dir = \"{}\"\n{top}[listener]\nport = {}\n{agents}{tables}",
+            bpffs.display(),
+            free_port(),
+        ));
+        Self {
+            cgroup_dir: cgroup2_mount().join(cgroup_rel.trim_start_matches('/')),
+            cgroup_rel,
+            bpffs,
+            config,
+        }
+    }
 
-pub fn start_daemon(setup: &Setup, log_name: &str) -> (Killed, PathBuf) {
-    let log = setup.config.dir.path().join(log_name);
-    let child = Command::new(bin())
-        .arg("--config")
-        .arg(setup.config.path())
-        .arg("run")
-        .env("AGENTGUARD_LOG", "info,agentguard::policy=debug")
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("daemon");
-    let info = setup.config.dir.path().join("run/daemon.json");
-    let pid = child.id();
-    let daemon = Killed(child);
-    // A killed daemon leaves its daemon.json behind: wait for this one's.
-    wait_for("daemon ready", Duration::from_secs(20), || {
-        fs::read_to_string(&info)
-            .ok()
-            .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
-            .is_some_and(|v| v["pid"].as_u64() == Some(u64::from(pid)))
-    });
-    (daemon, log)
-}
+    /// Starts `agentguard run` and waits until it is serving; its log goes
+    /// to `log_name` in the test's folder.
+    pub fn start_daemon(&self, log_name: &str) -> (Killed, PathBuf) {
+        let log = self.config.dir.path().join(log_name);
+        let child = Command::new(bin())
+            .arg("--config")
+            .arg(self.config.path())
+            .arg("run")
+            .env("AGENTGUARD_LOG", "info,agentguard::policy=debug")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("daemon");
+        let info = self.config.dir.path().join("run/daemon.json");
+        let pid = child.id();
+        let daemon = Killed(child);
+        // A killed daemon leaves its daemon.json behind: wait for this one's.
+        wait_for("daemon ready", Duration::from_secs(20), || {
+            fs::read_to_string(&info)
+                .ok()
+                .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
+                .is_some_and(|v| v["pid"].as_u64() == Some(u64::from(pid)))
+        });
+        (daemon, log)
+    }
 
-/// `program args…` placed straight into the agent's cgroup (as a service
-/// manager would place an agent), independent of any agentguard process.
-pub fn in_cgroup(setup: &Setup, program: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(format!(
-            "echo $$ > {}/cgroup.procs && exec \"$@\"",
-            setup.cgroup_dir.display()
-        ))
-        .arg("sh")
-        .arg(program)
-        .args(args);
-    cmd
-}
+    /// `argv` run straight inside the agent's cgroup (as a service manager
+    /// would place an agent), independent of any agentguard process.
+    pub fn in_cgroup(&self, argv: &[String]) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec \"$@\"",
+                self.cgroup_dir.display()
+            ))
+            .arg("sh")
+            .args(argv);
+        cmd
+    }
 
-/// A python client in the agent's cgroup: the first line the server sent,
-/// or `ERR <exception>`.
-pub fn client_in_cgroup(setup: &Setup, port: u16) -> String {
-    let client = py_client("127.0.0.1", port);
-    let cmd = in_cgroup(setup, &client[0], &args(&client[1..]));
-    stdout(&run_with_timeout(cmd, Duration::from_secs(30)))
-        .trim()
-        .to_owned()
-}
+    /// A python3 client in the cgroup: the first line the server sent.
+    pub fn client_in_cgroup(&self, port: u16) -> String {
+        let cmd = self.in_cgroup(&py_client("127.0.0.1", port));
+        stdout(&run_with_timeout(cmd, Duration::from_secs(30)))
+            .trim()
+            .to_owned()
+    }
 
-pub fn status(setup: &Setup) -> String {
-    stdout(&setup.cli(&["status"]))
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(bin());
+        cmd.arg("--config").arg(self.config.path()).args(args);
+        run_with_timeout(cmd, Duration::from_secs(30))
+    }
+
+    pub fn status(&self) -> String {
+        stdout(&self.cli(&["status"]))
+    }
 }
 
 /// A policy that allows the target named `web`, and one that denies all.

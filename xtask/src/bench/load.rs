@@ -216,6 +216,9 @@ pub fn load(root: &Path, args: &LoadArgs) -> anyhow::Result<()> {
     let mut samples = vec![];
     let limit = Duration::from_secs(total + 120);
     let (mut pg_status, mut wrk_status) = (None, None);
+    // How much of the daemon's log was written while both clients ran: what
+    // comes after is the clients hanging up mid-request as they stop.
+    let mut log_during = 0;
     while pg_status.is_none() || wrk_status.is_none() {
         if start.elapsed() > limit {
             bail!("the clients did not finish within {limit:?}");
@@ -227,6 +230,9 @@ pub fn load(root: &Path, args: &LoadArgs) -> anyhow::Result<()> {
             );
         }
         samples.push(sample(pid, start.elapsed())?);
+        if pg_status.is_none() && wrk_status.is_none() {
+            log_during = fs::metadata(&daemon_log).map_or(0, |m| m.len() as usize);
+        }
         if pg_status.is_none() {
             pg_status = pg_run.exited()?;
         }
@@ -246,7 +252,8 @@ pub fn load(root: &Path, args: &LoadArgs) -> anyhow::Result<()> {
     let pg_out = fs::read_to_string(work.file("pgbench.out")).unwrap_or_default();
     let pg_err = fs::read_to_string(work.file("pgbench.err")).unwrap_or_default();
     let wrk_out = fs::read_to_string(work.file("wrk.out")).unwrap_or_default();
-    let log = fs::read_to_string(&daemon_log).unwrap_or_default();
+    let full_log = fs::read_to_string(&daemon_log).unwrap_or_default();
+    let (log, log_after) = full_log.split_at(full_log.floor_char_boundary(log_during));
     let pg_tx = number_after(&pg_out, "number of transactions actually processed:");
     let pg_failed = number_after(&pg_out, "number of failed transactions:").unwrap_or(0);
     let wrk_requests = wrk_out.lines().find_map(|l| {
@@ -268,9 +275,12 @@ pub fn load(root: &Path, args: &LoadArgs) -> anyhow::Result<()> {
     // Warnings grouped by message (span fields and timestamps stripped).
     let mut warnings = std::collections::BTreeMap::<String, usize>::new();
     let mut errors = 0;
-    for line in log
+    let mut after_warnings = std::collections::BTreeMap::<String, usize>::new();
+    for (line, during) in log
         .lines()
-        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .map(|l| (l, true))
+        .chain(log_after.lines().map(|l| (l, false)))
+        .filter(|(l, _)| l.contains(" WARN ") || l.contains(" ERROR "))
     {
         errors += usize::from(line.contains(" ERROR "));
         // "… WARN span{…}: agentguard::module: message field=…"
@@ -279,7 +289,12 @@ pub fn load(root: &Path, args: &LoadArgs) -> anyhow::Result<()> {
             .and_then(|i| line[i + 1..].split_once(": "))
             .map_or(line, |(_, m)| m);
         let message = message.split(" queue=").next().unwrap_or(message);
-        *warnings.entry(message.to_owned()).or_default() += 1;
+        let group = if during {
+            &mut warnings
+        } else {
+            &mut after_warnings
+        };
+        *group.entry(message.to_owned()).or_default() += 1;
     }
 
     let measured: Vec<&Sample> = samples
@@ -318,11 +333,20 @@ pub fn load(root: &Path, args: &LoadArgs) -> anyhow::Result<()> {
         .collect();
     writeln!(
         report,
-        "| daemon log | {errors} ERROR lines; WARN: {} |",
+        "| daemon log | {errors} ERROR lines; WARN during the load: {}; as the clients stopped: {} |",
         if grouped.is_empty() {
             "none".to_owned()
         } else {
             grouped.join("; ")
+        },
+        if after_warnings.is_empty() {
+            "none".to_owned()
+        } else {
+            after_warnings
+                .iter()
+                .map(|(m, n)| format!("{n}× `{m}`"))
+                .collect::<Vec<_>>()
+                .join("; ")
         }
     )?;
     writeln!(

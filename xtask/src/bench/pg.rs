@@ -13,6 +13,11 @@
 //! The paths of a workload run back to back (rotating the order when there
 //! are several rounds), so that drift on a small shared machine hits all of
 //! them alike. TPS and average latency come from pgbench's own summary.
+//!
+//! `--audit` measures what recording costs instead of comparing with
+//! pgbouncer: agentguard as shipped (each reply held until its decision is
+//! committed), with `[audit] commit_before_reply = false`, and with
+//! `[audit] enabled = false`.
 
 use std::{
     ffi::CString,
@@ -51,6 +56,11 @@ pub struct PgArgs {
     /// Rounds; each runs every path once per workload.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// What recording costs: agentguard with its audit log as shipped, with
+    /// `commit_before_reply = false`, and with `[audit] enabled = false`
+    /// (instead of pgbouncer).
+    #[arg(long)]
+    audit: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -58,9 +68,19 @@ enum PgPath {
     Direct,
     Agentguard,
     Pgbouncer,
+    /// `[audit] commit_before_reply = false`.
+    AgentguardNoWait,
+    /// `[audit] enabled = false`.
+    AgentguardNoAudit,
 }
 
 const PATHS: [PgPath; 3] = [PgPath::Direct, PgPath::Agentguard, PgPath::Pgbouncer];
+const AUDIT_PATHS: [PgPath; 4] = [
+    PgPath::Direct,
+    PgPath::Agentguard,
+    PgPath::AgentguardNoWait,
+    PgPath::AgentguardNoAudit,
+];
 
 impl PgPath {
     fn name(self) -> &'static str {
@@ -68,6 +88,17 @@ impl PgPath {
             PgPath::Direct => "direct",
             PgPath::Agentguard => "agentguard",
             PgPath::Pgbouncer => "pgbouncer (session)",
+            PgPath::AgentguardNoWait => "agentguard, replies not held",
+            PgPath::AgentguardNoAudit => "agentguard, audit off",
+        }
+    }
+
+    /// The `[audit]` section of this path's agentguard config.
+    fn audit_config(self) -> &'static str {
+        match self {
+            PgPath::AgentguardNoWait => "\n[audit]\ncommit_before_reply = false\n",
+            PgPath::AgentguardNoAudit => "\n[audit]\nenabled = false\n",
+            _ => "",
         }
     }
 }
@@ -132,19 +163,19 @@ pub fn pg(root: &Path, args: &PgArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     server.initialise(args.scale)?;
     println!("  done in {:.1} s", started.elapsed().as_secs_f64());
-    let agentguard_config = work.file("agentguard.toml");
-    fs::write(
-        &agentguard_config,
-        agentguard_config_text(root, &work.path, server_addr),
-    )
-    .with_context(|| format!("cannot write {}", agentguard_config.display()))?;
+    let paths: &[PgPath] = if args.audit { &AUDIT_PATHS } else { &PATHS };
+    for path in paths {
+        let file = work.file(&config_name(*path));
+        let text = agentguard_config_text(root, &work.path, server_addr) + path.audit_config();
+        fs::write(&file, text).with_context(|| format!("cannot write {}", file.display()))?;
+    }
     let bouncer = Pgbouncer::start(&pgbouncer, &work, &user, server_addr)?;
 
     println!(
         "\nbench pg: {} round(s) × {} workloads × {} paths, pgbench -c {} -j {} -T {}, scale {}, on {}\n",
         args.rounds,
         WORKLOADS.len(),
-        PATHS.len(),
+        paths.len(),
         args.clients,
         args.jobs,
         args.seconds,
@@ -154,12 +185,12 @@ pub fn pg(root: &Path, args: &PgArgs) -> anyhow::Result<()> {
     let mut results: Vec<(Workload, PgPath, Vec<Report>)> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
     for workload in WORKLOADS {
-        for path in PATHS {
-            results.push((workload, path, Vec::new()));
+        for path in paths {
+            results.push((workload, *path, Vec::new()));
         }
         for round in 0..args.rounds {
-            for i in 0..PATHS.len() {
-                let path = PATHS[(i + round) % PATHS.len()];
+            for i in 0..paths.len() {
+                let path = paths[(i + round) % paths.len()];
                 if workload == Workload::TpcB {
                     // What pgbench does before a run without -n (which the
                     // guard would refuse: TRUNCATE), done directly.
@@ -170,14 +201,14 @@ pub fn pg(root: &Path, args: &PgArgs) -> anyhow::Result<()> {
                     ])?;
                 }
                 let port = match path {
-                    PgPath::Direct | PgPath::Agentguard => server.port,
                     PgPath::Pgbouncer => bouncer.port,
+                    _ => server.port,
                 };
                 let started = Instant::now();
                 let run = PgbenchRun {
                     pgbench: &server.bin.join("pgbench"),
                     bins: &bins,
-                    agentguard_config: &agentguard_config,
+                    agentguard_config: &work.file(&config_name(path)),
                     work: &work,
                     port,
                     args,
@@ -538,6 +569,13 @@ fn agentguard_config_text(root: &Path, work: &Path, server: SocketAddr) -> Strin
     )
 }
 
+fn config_name(path: PgPath) -> String {
+    match path.audit_config() {
+        "" => "agentguard.toml".into(),
+        _ => format!("agentguard-{}.toml", path.name().replace([' ', ','], "")),
+    }
+}
+
 /// One pgbench run, the same command line on every path.
 struct PgbenchRun<'a> {
     pgbench: &'a Path,
@@ -552,7 +590,7 @@ impl PgbenchRun<'_> {
     fn run(&self, workload: Workload, path: PgPath) -> anyhow::Result<Report> {
         let mut cmd = match path {
             PgPath::Direct | PgPath::Pgbouncer => Command::new(self.pgbench),
-            PgPath::Agentguard => {
+            PgPath::Agentguard | PgPath::AgentguardNoWait | PgPath::AgentguardNoAudit => {
                 let mut cmd = Command::new(&self.bins.agentguard);
                 cmd.arg("--config")
                     .arg(self.agentguard_config)
@@ -729,6 +767,19 @@ fn table(results: &[(Workload, PgPath, Vec<Report>)]) -> String {
         );
     }
     for workload in WORKLOADS {
+        let audited = find(workload, PgPath::Agentguard);
+        for variant in [PgPath::AgentguardNoWait, PgPath::AgentguardNoAudit] {
+            if let (Some((_, on)), Some((_, off))) = (audited, find(workload, variant)) {
+                let _ = writeln!(
+                    out,
+                    "recording as shipped vs {}, {}: latency {:.3}× ({:+.1}%)",
+                    variant.name(),
+                    workload.name(),
+                    on / off,
+                    (on / off - 1.0) * 100.0,
+                );
+            }
+        }
         if let (Some((g_tps, _)), Some((b_tps, _))) = (
             find(workload, PgPath::Agentguard),
             find(workload, PgPath::Pgbouncer),
