@@ -230,14 +230,17 @@ pub fn load(root: &Path, args: &LoadArgs) -> anyhow::Result<()> {
             );
         }
         samples.push(sample(pid, start.elapsed())?);
-        if pg_status.is_none() && wrk_status.is_none() {
-            log_during = fs::metadata(&daemon_log).map_or(0, |m| m.len() as usize);
-        }
+        // Measured before the clients are checked: if both still run after,
+        // all of it was written during the load.
+        let log_len = fs::metadata(&daemon_log).map_or(0, |m| m.len() as usize);
         if pg_status.is_none() {
             pg_status = pg_run.exited()?;
         }
         if wrk_status.is_none() {
             wrk_status = wrk_run.exited()?;
+        }
+        if pg_status.is_none() && wrk_status.is_none() {
+            log_during = log_len;
         }
         thread::sleep(Duration::from_secs(1));
     }
