@@ -16,6 +16,10 @@ packages=(
   # The service tests: systemd-analyze verify, groupadd, setpriv, and a real
   # OpenMetrics parser for the metrics endpoint.
   systemd passwd python3-prometheus-client
+  # `cargo xtask vm-test`: guests in qemu, an initramfs of busybox + our binaries.
+  qemu-system-x86 busybox-static cpio
+  # `cargo xtask load`: the HTTP load generator.
+  wrk
 )
 # kubectl for the HTTP guard's Kubernetes test: Debian's kubernetes-client,
 # unless some other kubectl is already installed (both own /usr/bin/kubectl).

@@ -22,6 +22,8 @@ if [[ -d policies ]] && ./target/debug/agentguard policy --help >/dev/null 2>&1;
   echo "== agentguard policy test policies/"
   ./target/debug/agentguard policy test policies/
 fi
+echo "== cargo xtask vm-test (Debian kernels 6.1 and 6.12 in qemu)"
+cargo xtask vm-test
 echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -447,17 +447,31 @@ impl Recorder {
             record: Box::new(record),
             frame_seq,
         };
+        self.admit(inner, write).await.map(|ticket| (id, ticket))
+    }
+
+    /// Queues what opens a new request or connection: with a full queue
+    /// it waits (on_overload = "block") or is refused (`"deny"`). Returns
+    /// the write's ticket.
+    async fn admit(&self, inner: &Inner, write: Write) -> Result<u64, AuditError> {
         let permit = match inner.tx.try_reserve() {
             Ok(p) => p,
             Err(mpsc::error::TrySendError::Closed(())) => return Err(AuditError::Closed),
             Err(mpsc::error::TrySendError::Full(())) => {
-                inner.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                let full = inner.stats.queue_full.fetch_add(1, Ordering::Relaxed) + 1;
                 match inner.on_overload {
                     OnOverload::Block => {
-                        warn!(
-                            queue = inner.capacity,
-                            "audit queue full: waiting for the writer (on_overload = block)"
-                        );
+                        // Under sustained load this happens for every
+                        // request: one line a second, with the running count.
+                        static LAST_WARN_SECS: AtomicU64 = AtomicU64::new(0);
+                        let now = time::now_ns() / 1_000_000_000;
+                        if LAST_WARN_SECS.swap(now, Ordering::Relaxed) != now {
+                            warn!(
+                                queue = inner.capacity,
+                                times_full = full,
+                                "audit queue full: waiting for the writer (on_overload = block)"
+                            );
+                        }
                         inner.tx.reserve().await.map_err(|_| AuditError::Closed)?
                     }
                     OnOverload::Deny => {
@@ -466,22 +480,28 @@ impl Recorder {
                             .stats
                             .overload_unrecorded
                             .fetch_add(1, Ordering::Relaxed);
-                        if let Write::Decision { record, .. } = &write {
-                            // The record cannot be queued: the log line is
-                            // its trace, and the writer sums such refusals up.
-                            warn!(
+                        // The record cannot be queued: the log line is its
+                        // trace, and the writer sums such refusals up.
+                        match &write {
+                            Write::Decision { record, .. } => warn!(
                                 agent = record.agent().unwrap_or("-"),
                                 uid = record.identity.as_ref().map(|i| i.uid),
                                 request = %record.request.line(),
                                 "audit queue full: request denied (on_overload = deny)"
-                            );
+                            ),
+                            Write::SessionStart(s) => warn!(
+                                uid = s.identity.as_ref().map(|i| i.uid),
+                                target = s.target.as_ref().and_then(|t| t.name.as_deref()),
+                                "audit queue full: connection refused (on_overload = deny)"
+                            ),
+                            _ => {}
                         }
                         return Err(AuditError::Overloaded(inner.capacity));
                     }
                 }
             }
         };
-        Ok((id, inner.push(permit, write)))
+        Ok(inner.push(permit, write))
     }
 
     /// Frames and session events are never refused: a connection already
@@ -594,20 +614,35 @@ impl SessionHandle {
     }
 
     /// The connection was allowed and is starting.
-    pub async fn start(&self, identity: Option<&Identity>, target: Option<&Target>) {
+    /// A connection not yet under way is refused like a request when the
+    /// queue is full and on_overload = "deny": `Err` means the caller must
+    /// refuse it.
+    pub async fn start(
+        &self,
+        identity: Option<&Identity>,
+        target: Option<&Target>,
+    ) -> Result<(), AuditError> {
+        let Some(inner) = &self.recorder.inner else {
+            return Ok(());
+        };
         let now = time::now_ns();
-        self.send(Write::SessionStart(Box::new(SessionRecord {
-            id: self.id,
-            start_ns: now,
-            end_ns: None,
-            last_ns: now,
-            identity: identity.cloned(),
-            target: target.cloned(),
-            details: BTreeMap::new(),
-            counts: SessionCounts::default(),
-            error: None,
-        })))
-        .await;
+        self.recorder
+            .admit(
+                inner,
+                Write::SessionStart(Box::new(SessionRecord {
+                    id: self.id,
+                    start_ns: now,
+                    end_ns: None,
+                    last_ns: now,
+                    identity: identity.cloned(),
+                    target: target.cloned(),
+                    details: BTreeMap::new(),
+                    counts: SessionCounts::default(),
+                    error: None,
+                })),
+            )
+            .await
+            .map(|_| ())
     }
 
     /// Protocol facts learnt after the start (database, user, …). Never

@@ -112,7 +112,39 @@ pub fn agent_cgroup(mount: &Path, agent: &crate::config::Agent) -> anyhow::Resul
     Ok(Cgroup::new(mount, &rel)?)
 }
 
+/// Each guarded connection holds two descriptors (agent side, upstream), so
+/// the soft limit service managers usually give (1024) would cap the guard
+/// near 500 connections; the hard limit is ours to take.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit(2) with a valid pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+            return;
+        }
+        let soft = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+            info!(
+                from = soft,
+                to = lim.rlim_max,
+                "raised the open-files limit"
+            );
+        } else {
+            tracing::warn!(
+                limit = soft,
+                "cannot raise the open-files limit: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    raise_fd_limit();
     let Some(_lock) = Lock::try_acquire(&config.run_dir)? else {
         bail!(
             "another agentguard daemon holds {}",

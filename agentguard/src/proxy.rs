@@ -382,7 +382,8 @@ impl Proxy {
         let session = self.recorder.session(self.recorder.new_session_id());
         session
             .start(Some(&input.identity), Some(&input.target))
-            .await;
+            .await
+            .map_err(|e| e.to_string())?;
         if let Err(e) = session.decision(record).await {
             session.end(0, 0, Some(e.to_string())).await;
             return Err(e.to_string());

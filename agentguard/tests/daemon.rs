@@ -153,17 +153,6 @@ fn attach_without_daemon_refuses_and_detach_releases() {
     );
 }
 
-const ALLOW_WEB: &str = r#"package agentguard
-import rego.v1
-default decision := {"action": "deny", "reason": "test policy: default deny"}
-decision := {"action": "allow", "reason": "test policy v1 allows web"} if input.target.name == "web"
-"#;
-
-const DENY_ALL: &str = r#"package agentguard
-import rego.v1
-decision := {"action": "deny", "reason": "test policy v2 denies everything"}
-"#;
-
 #[test]
 fn policy_edits_apply_live_and_a_broken_edit_keeps_the_last_good() {
     require_root();

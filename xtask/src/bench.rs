@@ -16,6 +16,7 @@
 //! `cargo xtask bench pg` (pg.rs) uses the same build, work folder and child
 //! process handling for pgbench: direct vs agentguard vs pgbouncer.
 
+pub mod load;
 pub mod peer;
 pub mod pg;
 mod process;
@@ -162,6 +163,23 @@ fn build(root: &Path) -> anyhow::Result<Binaries> {
     if !status.success() {
         bail!("cargo build --release -p agentguard -p xtask failed ({status})");
     }
+    let release = target_dir(root)?.join("release");
+    let bins = Binaries {
+        agentguard: release.join("agentguard"),
+        xtask: release.join("xtask"),
+    };
+    for bin in [&bins.agentguard, &bins.xtask] {
+        if !bin.is_file() {
+            bail!("{} is missing after the build", bin.display());
+        }
+    }
+    Ok(bins)
+}
+
+/// Cargo's own idea of the target folder (CARGO_TARGET_DIR, config, or the
+/// workspace default).
+pub fn target_dir(root: &Path) -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(&cargo)
         .args(["metadata", "--format-version", "1", "--no-deps"])
         .current_dir(root)
@@ -178,17 +196,7 @@ fn build(root: &Path) -> anyhow::Result<Binaries> {
     let target = metadata["target_directory"]
         .as_str()
         .context("cargo metadata: no target_directory")?;
-    let release = Path::new(target).join("release");
-    let bins = Binaries {
-        agentguard: release.join("agentguard"),
-        xtask: release.join("xtask"),
-    };
-    for bin in [&bins.agentguard, &bins.xtask] {
-        if !bin.is_file() {
-            bail!("{} is missing after the build", bin.display());
-        }
-    }
-    Ok(bins)
+    Ok(PathBuf::from(target))
 }
 
 /// A scratch folder for configs and logs, removed at the end.
@@ -396,7 +404,7 @@ fn tail(path: &Path) -> String {
     }
 }
 
-fn find_program(name: &str) -> Option<PathBuf> {
+pub fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     // Root's tools live in sbin, which a user's PATH may lack.
     std::env::split_paths(&path)

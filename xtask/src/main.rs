@@ -2,7 +2,11 @@
 //! - `setup`: the idempotent machine set-up (scripts/setup.sh);
 //! - `install`: binary, systemd unit, config, policies, man page (install.rs);
 //! - `bench l4`: direct vs agentguard vs haproxy on loopback (see bench.rs);
-//! - `bench pg`: pgbench direct vs agentguard vs pgbouncer (see bench/pg.rs).
+//! - `bench pg`: pgbench direct vs agentguard vs pgbouncer (see bench/pg.rs);
+//! - `load`: 1,000 concurrent guarded PostgreSQL and HTTP connections through
+//!   the daemon, with its RSS and descriptors sampled (see bench/load.rs);
+//! - `vm-test`: the redirect checks in qemu guests on Debian's 6.1 and 6.12
+//!   kernels (see vm.rs; `vm-guest` and `vm-client` are its in-guest halves).
 //!
 //! `bench-server` and `bench-client` are the benchmark's two peers. They are
 //! hidden: `bench l4` runs them from a release build of this same binary, the
@@ -11,6 +15,7 @@
 mod bench;
 mod install;
 mod setup;
+mod vm;
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +44,21 @@ enum Command {
     /// The benchmark's client (started by `bench l4`).
     #[command(hide = true)]
     BenchClient(bench::peer::ClientArgs),
+    /// Many concurrent guarded connections through the daemon (results: docs/reliability.md).
+    Load(bench::load::LoadArgs),
+    /// Boot Debian kernels in qemu and run the redirect checks inside.
+    VmTest(vm::VmArgs),
+    /// The checks, inside the guest (run by vm-tests/init).
+    #[command(hide = true)]
+    VmGuest,
+    /// One agent connect, inside the guest.
+    #[command(hide = true)]
+    VmClient {
+        /// Join this cgroup first.
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        addr: std::net::SocketAddr,
+    },
 }
 
 #[derive(Subcommand)]
@@ -57,6 +77,10 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(Bench::Pg(args)) => bench::pg::pg(&workspace_root(), &args),
         Command::BenchServer => bench::peer::serve(),
         Command::BenchClient(args) => bench::peer::client(&args),
+        Command::Load(args) => bench::load::load(&workspace_root(), &args),
+        Command::VmTest(args) => vm::vm_test(&workspace_root(), &args),
+        Command::VmGuest => vm::guest::guest(),
+        Command::VmClient { cgroup, addr } => vm::guest::client(cgroup.as_deref(), addr),
     }
 }
 

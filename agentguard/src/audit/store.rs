@@ -93,7 +93,8 @@ impl Write {
 }
 
 pub struct Store {
-    db: Database,
+    /// None only between a failed reopen and the next attempt.
+    db: Option<Database>,
     path: PathBuf,
 }
 
@@ -117,10 +118,10 @@ impl Store {
         let db = builder()
             .create(&path)
             .map_err(|e| AuditError::open(&path, e))?;
-        let store = Self { db, path };
+        let store = Self { db: Some(db), path };
         // Every table exists from the start, so readers never meet a
         // missing one.
-        let txn = store.db.begin_write()?;
+        let txn = store.db()?.begin_write()?;
         {
             txn.open_table(DECISIONS)?;
             txn.open_table(BY_AGENT)?;
@@ -138,13 +139,33 @@ impl Store {
         &self.path
     }
 
+    fn db(&self) -> Result<&Database, AuditError> {
+        self.db.as_ref().ok_or_else(|| AuditError::Open {
+            path: self.path.clone(),
+            message: "closed after an I/O error, not reopened yet".into(),
+        })
+    }
+
+    /// redb fails every call after an I/O error (a full disk, say) until the
+    /// file is opened again; opening it also repairs what the failed commit
+    /// left. The old handle goes first: it still holds its file locks.
+    pub fn reopen(&mut self) -> Result<(), AuditError> {
+        self.db = None;
+        self.db = Some(
+            builder()
+                .create(&self.path)
+                .map_err(|e| AuditError::open(&self.path, e))?,
+        );
+        Ok(())
+    }
+
     pub fn file_len(&self) -> u64 {
         std::fs::metadata(&self.path).map_or(0, |m| m.len())
     }
 
     /// Writes a batch in one transaction (one fsync).
     pub fn apply(&self, batch: &[Write]) -> Result<(), AuditError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         let mut sessions: HashMap<u64, Option<SessionRecord>> = HashMap::new();
         {
             let mut t = Tables::open(&txn)?;
@@ -273,7 +294,7 @@ impl Store {
     /// `max / 16` sessions (with their frames) idle since before it.
     /// Returns how many records went, and whether more are due.
     pub fn expire(&self, cutoff_ns: u64, max: usize) -> Result<(usize, bool), AuditError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         let (n, more) = {
             let mut t = Tables::open(&txn)?;
             let (d, more_d) = t.pop_decisions(max, |k| k.0 < cutoff_ns)?;
@@ -289,7 +310,7 @@ impl Store {
 
     /// Deletes the oldest `fraction` of decisions and of sessions.
     pub fn trim_oldest(&self, fraction: f64) -> Result<usize, AuditError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         let n = {
             let mut t = Tables::open(&txn)?;
             let mut sessions = txn.open_table(SESSIONS)?;
@@ -307,7 +328,10 @@ impl Store {
     /// Gives free space back to the file system. Fails (harmlessly) while a
     /// reader in another process is mid-transaction.
     pub fn compact(&mut self) -> Result<bool, AuditError> {
-        self.db.compact().map_err(|e| AuditError::Db(e.into()))
+        let Some(db) = self.db.as_mut() else {
+            return Ok(false);
+        };
+        db.compact().map_err(|e| AuditError::Db(e.into()))
     }
 }
 

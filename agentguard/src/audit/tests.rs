@@ -218,7 +218,9 @@ async fn sessions_frames_and_results() {
     let (rec, writer) = open_with(dir.path(), &config(""), None);
     let s = rec.session(rec.new_session_id());
     let who = identity("coder", 0);
-    s.start(Some(&who), Some(&target("app-db"))).await;
+    s.start(Some(&who), Some(&target("app-db")))
+        .await
+        .expect("start");
     s.details(BTreeMap::from([("database".into(), "app".into())]))
         .await;
     let mut r = record(
@@ -298,7 +300,7 @@ async fn rows_past_the_cap_are_counted_not_stored() {
     let dir = tempfile::tempdir().expect("tmp");
     let (rec, writer) = open_with(dir.path(), &config("[audit]\nrecord_rows = 150\n"), None);
     let s = rec.session(rec.new_session_id());
-    s.start(None, None).await;
+    s.start(None, None).await.expect("start");
     let d = s
         .decision(record("a", 0, "t", Action::Allow, "SELECT"))
         .await

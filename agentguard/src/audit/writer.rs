@@ -224,7 +224,14 @@ impl Writer {
                         break false;
                     }
                     error!(records, "audit: commit failed, retrying in {delay:?}: {e}");
+                    // `status` shows the failures while this loop lasts.
+                    self.write_stats();
                     std::thread::sleep(delay);
+                    // Without this, redb would refuse every later commit
+                    // (PreviousIo) even once the disk has room again.
+                    if let Err(e) = self.store.reopen() {
+                        error!("audit: cannot reopen the database: {e}");
+                    }
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }

@@ -123,3 +123,15 @@ impl Setup {
         stdout(&self.cli(&["status"]))
     }
 }
+
+/// A policy that allows the target named `web`, and one that denies all.
+pub const ALLOW_WEB: &str = r#"package agentguard
+import rego.v1
+default decision := {"action": "deny", "reason": "test policy: default deny"}
+decision := {"action": "allow", "reason": "test policy v1 allows web"} if input.target.name == "web"
+"#;
+
+pub const DENY_ALL: &str = r#"package agentguard
+import rego.v1
+decision := {"action": "deny", "reason": "test policy v2 denies everything"}
+"#;

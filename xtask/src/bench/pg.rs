@@ -121,9 +121,9 @@ impl Workload {
 }
 
 /// The database pgbench fills and uses.
-const DATABASE: &str = "bench";
+pub(super) const DATABASE: &str = "bench";
 /// The cluster's superuser, whom everyone connects as (trust auth).
-const DB_USER: &str = "postgres";
+pub(super) const DB_USER: &str = "postgres";
 
 /// What one pgbench run reported.
 struct Report {
@@ -154,7 +154,7 @@ pub fn pg(root: &Path, args: &PgArgs) -> anyhow::Result<()> {
 
     // Drop order is the reverse of declaration: pgbouncer stops before the
     // server, then the work folder goes.
-    let server = Postgres::start(&pg_bin, &work, &user)?;
+    let server = Postgres::start(&pg_bin, &work, &user, &[])?;
     let server_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, server.port));
     println!(
         "filling the database: pgbench -i -s {} (direct)…",
@@ -261,7 +261,7 @@ pub fn pg(root: &Path, args: &PgArgs) -> anyhow::Result<()> {
 }
 
 /// The newest PostgreSQL under Debian's /usr/lib/postgresql/VERSION/bin.
-fn pg_bin_dir() -> Option<PathBuf> {
+pub(super) fn pg_bin_dir() -> Option<PathBuf> {
     fs::read_dir("/usr/lib/postgresql")
         .ok()?
         .flatten()
@@ -277,14 +277,14 @@ fn pg_bin_dir() -> Option<PathBuf> {
 
 /// An unprivileged account that PostgreSQL and pgbouncer run as (both refuse
 /// to run as root).
-struct User {
+pub(super) struct User {
     name: String,
     uid: libc::uid_t,
     gid: libc::gid_t,
 }
 
 impl User {
-    fn lookup(name: &str) -> anyhow::Result<Self> {
+    pub(super) fn lookup(name: &str) -> anyhow::Result<Self> {
         let c_name = CString::new(name)?;
         // SAFETY: getpwnam(3) with a valid C string; the record is copied out
         // at once, and nothing else in this process calls getpw* concurrently.
@@ -324,15 +324,21 @@ impl User {
 
 /// A throwaway cluster on 127.0.0.1 (trust auth, its socket in its data
 /// folder), stopped with a fast shutdown when dropped.
-struct Postgres {
+pub(super) struct Postgres {
     bin: PathBuf,
-    port: u16,
+    pub(super) port: u16,
     version: String,
     process: Running,
 }
 
 impl Postgres {
-    fn start(bin: &Path, work: &WorkDir, user: &User) -> anyhow::Result<Self> {
+    /// `settings`: extra `-c name=value` server settings.
+    pub(super) fn start(
+        bin: &Path,
+        work: &WorkDir,
+        user: &User,
+        settings: &[&str],
+    ) -> anyhow::Result<Self> {
         let data = work.file("pg");
         fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
         std::os::unix::fs::chown(&data, Some(user.uid), Some(user.gid))
@@ -364,6 +370,9 @@ impl Postgres {
             // The proxies' cost is in the round trips; with a WAL flush per
             // commit the TPC-B runs would measure this machine's disk.
             .args(["-c", "synchronous_commit=off"]);
+        for setting in settings {
+            cmd.args(["-c", setting]);
+        }
         user.apply(&mut cmd);
         let err = work.file("postgres.err");
         let mut process =
@@ -394,7 +403,7 @@ impl Postgres {
     }
 
     /// Creates the bench database and fills it (`pgbench -i`), directly.
-    fn initialise(&self, scale: u32) -> anyhow::Result<()> {
+    pub(super) fn initialise(&self, scale: u32) -> anyhow::Result<()> {
         let mut createdb = self.client("createdb");
         createdb.arg(DATABASE);
         run_quiet("createdb", createdb)?;
