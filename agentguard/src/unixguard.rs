@@ -335,7 +335,7 @@ pub async fn audit_refusals(
             Some(&identity),
             None,
             RequestSummary::Other {
-                summary: format!("unix connect {path}"),
+                summary: format!("unix socket {path}"),
             },
             &Decision::deny(reason),
             Duration::ZERO,

@@ -189,7 +189,7 @@ fn killed_daemon_fails_closed_and_restart_recovers() {
             audited_denials(&setup.config, "unix_sockets.allow")
                 .iter()
                 .any(|r| {
-                    r["request"]["summary"] == "unix connect /run/agentguard-test-nothing.sock"
+                    r["request"]["summary"] == "unix socket /run/agentguard-test-nothing.sock"
                         && r["identity"]["comm"] == "python3"
                 })
         });
