@@ -164,18 +164,29 @@ impl UnixGuard {
         let mut allowed: HashMap<MapData, UnixPath, u8> =
             HashMap::try_from(Map::HashMap(allow_data))
                 .map_err(|e| UnixGuardError::Load(format!("{MAP_UNIX_ALLOW}: {e}")))?;
-        let stale: Vec<UnixPath> = allowed.keys().filter_map(Result::ok).collect();
-        for key in stale {
-            let _ = allowed.remove(&key);
-        }
-        for name in allow {
-            // Config::resolve checked every entry.
-            let key = UnixPath::parse(name).ok_or_else(|| {
-                UnixGuardError::Load(format!("bad unix_sockets.allow entry `{name}`"))
-            })?;
+        // Config::resolve checked every entry.
+        let wanted = allow
+            .iter()
+            .map(|name| {
+                UnixPath::parse(name).ok_or_else(|| {
+                    UnixGuardError::Load(format!("bad unix_sockets.allow entry `{name}`"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // A reused map is live: add first, then drop what is no longer
+        // listed, so an allowed socket is never refused in between.
+        for key in &wanted {
             allowed
                 .insert(key, 1, 0)
                 .map_err(|e| UnixGuardError::Load(format!("{MAP_UNIX_ALLOW}: {e}")))?;
+        }
+        let stale: Vec<UnixPath> = allowed
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        for key in stale {
+            let _ = allowed.remove(&key);
         }
         Ok(Self {
             progs,
