@@ -148,7 +148,7 @@ impl Redirect {
 
         let (unix, unix_status) = match opts.unix_allow {
             None => (None, "off (unix_sockets.guard = false)".to_owned()),
-            Some(allow) => match UnixGuard::load(allow) {
+            Some(allow) => match UnixGuard::load(allow, opts.pin_dir) {
                 Ok(guard) => (Some(guard), "active".to_owned()),
                 // Everything else still runs on such a kernel; say so loudly.
                 Err(e) if e.unavailable() => {

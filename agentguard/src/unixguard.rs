@@ -92,15 +92,29 @@ fn load_err(what: &str) -> impl FnOnce(io::Error) -> UnixGuardError + '_ {
 }
 
 impl UnixGuard {
-    pub fn load(allow: &[String]) -> Result<Self, UnixGuardError> {
+    /// `pin_dir`: the maps are pinned under `maps/` and reused by the next
+    /// load, so the daemon's reader keeps draining the same refusal ring
+    /// whoever reloads the programs (a restart, `agentguard attach`).
+    pub fn load(allow: &[String], pin_dir: Option<&Path>) -> Result<Self, UnixGuardError> {
         probe()?;
 
         let mut obj = aya_obj::Object::parse(UNIX_OBJECT)
             .map_err(|e| UnixGuardError::Load(format!("object: {e}")))?;
         let mut maps: Vec<(String, MapData)> = Vec::new();
         for (name, def) in &obj.maps {
-            let data = MapData::create(def.clone(), name, None)
-                .map_err(|e| UnixGuardError::Load(format!("map {name}: {e}")))?;
+            let map_err =
+                |e: &dyn std::fmt::Display| UnixGuardError::Load(format!("map {name}: {e}"));
+            let pin = pin_dir.map(|d| d.join("maps").join(name));
+            let data = match pin {
+                Some(path) if path.exists() => MapData::from_pin(&path).map_err(|e| map_err(&e))?,
+                _ => {
+                    let data = MapData::create(def.clone(), name, None).map_err(|e| map_err(&e))?;
+                    if let Some(path) = pin {
+                        data.pin(&path).map_err(|e| map_err(&e))?;
+                    }
+                    data
+                }
+            };
             maps.push((name.clone(), data));
         }
         let defs = obj.maps.clone();
@@ -150,14 +164,29 @@ impl UnixGuard {
         let mut allowed: HashMap<MapData, UnixPath, u8> =
             HashMap::try_from(Map::HashMap(allow_data))
                 .map_err(|e| UnixGuardError::Load(format!("{MAP_UNIX_ALLOW}: {e}")))?;
-        for name in allow {
-            // Config::resolve checked every entry.
-            let key = UnixPath::parse(name).ok_or_else(|| {
-                UnixGuardError::Load(format!("bad unix_sockets.allow entry `{name}`"))
-            })?;
+        // Config::resolve checked every entry.
+        let wanted = allow
+            .iter()
+            .map(|name| {
+                UnixPath::parse(name).ok_or_else(|| {
+                    UnixGuardError::Load(format!("bad unix_sockets.allow entry `{name}`"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // A reused map is live: add first, then drop what is no longer
+        // listed, so an allowed socket is never refused in between.
+        for key in &wanted {
             allowed
                 .insert(key, 1, 0)
                 .map_err(|e| UnixGuardError::Load(format!("{MAP_UNIX_ALLOW}: {e}")))?;
+        }
+        let stale: Vec<UnixPath> = allowed
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        for key in stale {
+            let _ = allowed.remove(&key);
         }
         Ok(Self {
             progs,
@@ -317,7 +346,7 @@ pub async fn audit_refusals(
             Some(&identity),
             None,
             RequestSummary::Other {
-                summary: format!("unix connect {path}"),
+                summary: format!("unix socket {path}"),
             },
             &Decision::deny(reason),
             Duration::ZERO,

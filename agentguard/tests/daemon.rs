@@ -84,6 +84,15 @@ fn killed_daemon_fails_closed_and_restart_recovers() {
             .to_owned();
         // Without the guard: FileNotFoundError (no such socket).
         assert_eq!(line, "PermissionError");
+        // The restarted daemon reads the pinned refusal ring and audits it.
+        wait_for("the unix refusal audited", Duration::from_secs(10), || {
+            audited_denials(&setup.config, "unix_sockets.allow")
+                .iter()
+                .any(|r| {
+                    r["request"]["summary"] == "unix socket /run/agentguard-test-nothing.sock"
+                        && r["identity"]["comm"] == "python3"
+                })
+        });
     }
 }
 

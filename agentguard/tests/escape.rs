@@ -269,11 +269,28 @@ while True:
     c, _ = s.accept(); c.sendall(b"unix-ok\n"); c.close()
 "#;
 
-/// Connects to each unix address given (`@name`: abstract) and prints what
-/// it got, then tries a symlink to the first.
+/// A unix datagram server outside the guard: appends what it gets to a file.
+const UNIX_DGRAM_SERVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+while True:
+    data = s.recv(100)
+    with open(sys.argv[2], "ab") as f: f.write(data + b"\n")
+"#;
+
+/// Connects to each unix address given (`@name`: abstract; `dgram:PATH`:
+/// a datagram with sendto, no connect) and prints what it got, then tries
+/// a symlink to the first.
 const UNIX_CLIENT: &str = r#"
 import os, socket, sys
 def talk(addr):
+    if addr.startswith("dgram:"):
+        d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            d.sendto(b"inside", addr[6:]); return "sent"
+        except OSError as e:
+            return "ERR " + type(e).__name__
     s = socket.socket(socket.AF_UNIX)
     try:
         s.connect(addr.replace("@", "\0", 1) if addr.startswith("@") else addr)
@@ -327,6 +344,19 @@ fn unix_socket_connects_are_refused_unless_allowed() {
             .expect("unix server"),
     );
     wait_for("unix server", Duration::from_secs(10), || allowed.exists());
+    let dgram = dir.path().join("dgram.sock");
+    let got = dir.path().join("dgram.got");
+    let _dgram_server = Killed(
+        Command::new(PYTHON)
+            .args(["-c", UNIX_DGRAM_SERVER])
+            .arg(&dgram)
+            .arg(&got)
+            .spawn()
+            .expect("unix datagram server"),
+    );
+    wait_for("unix datagram server", Duration::from_secs(10), || {
+        dgram.exists()
+    });
     let config = TestConfig::new(&format!(
         "[[targets]]\nname = \"app-db\"\naddress = \"{}\"\nprotocol = \"postgres\"\n\
          [unix_sockets]\nallow = [\"{}\"]\n",
@@ -372,6 +402,7 @@ fn unix_socket_connects_are_refused_unless_allowed() {
             &allowed.display().to_string(),
             &socket.display().to_string(),
             "@agentguard-test-abstract",
+            &format!("dgram:{}", dgram.display()),
         ],
     );
     let (o, e) = (stdout(&out), stderr(&out));
@@ -388,13 +419,33 @@ fn unix_socket_connects_are_refused_unless_allowed() {
         "{o}\n{e}"
     );
     assert!(o.contains("symlink ERR PermissionError"), "{o}\n{e}");
+    // A datagram (sendto, cgroup/sendmsg_unix) too; the server itself works.
+    assert!(
+        o.contains(&format!(
+            "unix dgram:{} ERR PermissionError",
+            dgram.display()
+        )),
+        "{o}\n{e}"
+    );
+    let outside = std::os::unix::net::UnixDatagram::unbound().expect("socket");
+    outside
+        .send_to(b"outside", &dgram)
+        .expect("send outside the guard");
+    wait_for("the datagram from outside", Duration::from_secs(10), || {
+        got.exists()
+    });
+    assert_eq!(
+        std::fs::read_to_string(&got).expect("got"),
+        "outside\n",
+        "nothing from inside the guard may arrive"
+    );
 
     // Each refusal is audited with who asked and where to.
     let denied = audited_denials(&config, "unix socket not in unix_sockets.allow");
     let to = |what: &str| {
         denied
             .iter()
-            .filter(|r| r["request"]["summary"] == format!("unix connect {what}"))
+            .filter(|r| r["request"]["summary"] == format!("unix socket {what}"))
             .collect::<Vec<_>>()
     };
     // comm comes from the kernel's report; exe from /proc, gone once psql
@@ -408,6 +459,7 @@ fn unix_socket_connects_are_refused_unless_allowed() {
     }
     assert_eq!(to(&link).len(), 1, "{denied:?}");
     assert_eq!(to("@agentguard-test-abstract").len(), 1, "{denied:?}");
+    assert_eq!(to(&dgram.display().to_string()).len(), 1, "{denied:?}");
     assert!(to(&allowed.display().to_string()).is_empty(), "{denied:?}");
     for r in &denied {
         assert_eq!(r["identity"]["uid"], 0, "{r}");
