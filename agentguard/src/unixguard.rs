@@ -321,12 +321,33 @@ pub async fn audit_refusals(
 ) {
     loop {
         let event = tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => {
+                // Refusals already in the ring when the guard stops (an exec
+                // guard's command just exited) are still recorded.
+                while let Ok(Some(event)) =
+                    tokio::time::timeout(Duration::from_millis(100), rx.recv()).await
+                {
+                    record_refusal(event, &recorder, &config, &agents, cgroup_mount.as_deref()).await;
+                }
+                return;
+            }
             event = rx.recv() => match event {
                 Some(event) => event,
                 None => return,
             },
         };
+        record_refusal(event, &recorder, &config, &agents, cgroup_mount.as_deref()).await;
+    }
+}
+
+async fn record_refusal(
+    event: UnixRefusal,
+    recorder: &Recorder,
+    config: &Config,
+    agents: &AgentRegistry,
+    cgroup_mount: Option<&Path>,
+) {
+    {
         let origin = Origin {
             dst: Addr::default(),
             dst_port: 0,
@@ -337,7 +358,7 @@ pub async fn audit_refusals(
             cgroup_id: event.cgroup_id,
             comm: event.comm,
         };
-        let identity = Identity::resolve(&origin, &config, &agents, cgroup_mount.as_deref());
+        let identity = Identity::resolve(&origin, config, agents, cgroup_mount);
         let path = display_path(&event.path);
         let reason = "unix socket not in unix_sockets.allow";
         warn!(pid = identity.pid, uid = identity.uid, exe = identity.exe.as_deref().unwrap_or(&identity.comm), %path, "refused: {reason}");
