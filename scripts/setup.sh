@@ -16,6 +16,8 @@ packages=(
   # The service tests: systemd-analyze verify, groupadd, setpriv, and a real
   # OpenMetrics parser for the metrics endpoint.
   systemd passwd python3-prometheus-client
+  # The HTTP guard's client test uses requests, as agents' tools do.
+  python3-requests
   # `cargo xtask vm-test`: guests in qemu, an initramfs of busybox + our binaries.
   qemu-system-x86 busybox-static cpio
   # `cargo xtask load`: the HTTP load generator.

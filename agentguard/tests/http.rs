@@ -532,6 +532,39 @@ fn https_interception_verifies_upstream() {
         "{}",
         stderr(&out)
     );
+
+    // python3 requests (Debian's python3-requests), as agents' tools use it:
+    // no proxy named anywhere, only the agentguard CA trusted.
+    let code = "import sys, requests\n\
+r = requests.get(sys.argv[1], verify=sys.argv[2], timeout=10)\n\
+print(r.status_code, r.text.strip())\n\
+r = requests.get(sys.argv[3], verify=sys.argv[2], timeout=10)\n\
+print(r.status_code, r.json()['error'])";
+    let out = exec(
+        &config,
+        &[
+            PYTHON,
+            "-c",
+            code,
+            &format!("https://localhost:{}/plain", trusted.port),
+            &ca_arg,
+            &format!("https://localhost:{}/plain", untrusted.port),
+        ],
+    );
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("200 hello from the server"),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    assert!(
+        lines
+            .next()
+            .is_some_and(|l| l.starts_with("403 agentguard: upstream TLS to localhost failed")),
+        "{text}"
+    );
 }
 
 #[test]

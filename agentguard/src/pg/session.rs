@@ -233,7 +233,16 @@ pub async fn run(guard: PgGuard, client: TcpStream, upstream: TcpStream) -> Resu
         match client_side(client, guard.tls.client.as_ref(), &mut buf).await {
             Ok(c) => c,
             Err(PgError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e),
+            Err(e) => {
+                // Not PostgreSQL (HTTP, TLS without SSLRequest, junk), or a
+                // failed TLS start: an attempt worth a record.
+                let reason = match &e {
+                    PgError::Codec(c) => format!("protocol error: {c}"),
+                    other => other.to_string(),
+                };
+                guard.refused("postgres startup", &reason).await;
+                return Err(e);
+            }
         };
     let mut upstream = Some(upstream);
 
