@@ -390,9 +390,9 @@ async fn approvals(config: &Config, json: bool) -> anyhow::Result<()> {
             humantime(std::time::Duration::from_secs(now.saturating_sub(since))),
             humantime(std::time::Duration::from_secs(expires.saturating_sub(now))),
             p["agent"].as_str().unwrap_or("-"),
-            truncate(&who, 22),
-            truncate(&target, 14),
-            truncate(p["request"].as_str().unwrap_or(""), 40),
+            audit::cli::clip(&who, 22),
+            audit::cli::clip(&target, 14),
+            audit::cli::clip(p["request"].as_str().unwrap_or(""), 40),
             p["reason"].as_str().unwrap_or(""),
         );
     }
@@ -415,16 +415,6 @@ async fn approvals(config: &Config, json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_owned()
-    } else {
-        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
-        t.push('…');
-        t
-    }
 }
 
 async fn status(config: &Config, json: bool) -> anyhow::Result<()> {

@@ -212,7 +212,8 @@ fn print_decision(out: &mut impl std::io::Write, r: &DecisionRecord, json: bool)
     );
 }
 
-fn clip(s: &str, n: usize) -> String {
+/// `s` cut to `n` characters, with an ellipsis when cut (table cells).
+pub fn clip(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         return s.to_owned();
     }
