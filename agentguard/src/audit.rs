@@ -26,6 +26,7 @@
 //! `time.rs`.
 
 pub mod cli;
+mod journal;
 pub mod record;
 pub mod result;
 pub mod store;
@@ -45,7 +46,7 @@ use std::{
 
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
-use tracing::warn;
+use tracing::{error, warn};
 
 pub use record::{
     DecisionId, DecisionRecord, Frame, FrameRecord, RequestSummary, SessionCounts, SessionRecord,
@@ -250,20 +251,43 @@ pub fn open(
         ));
     }
     let store = store::Store::open(dir)?;
+    let journal_dir = dir.join(journal::DIR_NAME);
+    if let Err(e) = journal::recover(&journal_dir, &store) {
+        // Left in place: the next writer to open the log tries again.
+        error!("audit: cannot replay the journal of a stopped writer: {e}");
+    }
+    let journal = match journal::Journal::create(&journal_dir) {
+        Ok(j) => Some(j),
+        Err(e) => {
+            error!(
+                "audit: cannot create a journal in {} ({e}); replies wait for each database commit",
+                journal_dir.display()
+            );
+            None
+        }
+    };
     let path = store.path().to_owned();
     let capacity = config.audit.queue.max(1);
     let (tx, rx) = mpsc::channel(capacity);
+    let (committer_tx, committer_rx) = mpsc::channel(capacity);
     let stats = Arc::new(Stats::default());
     let (published, committed) = watch::channel(0);
+    let published = Arc::new(published);
     let commits = Arc::new(Commits {
         order: Mutex::new(0),
         committed,
         wanted: AtomicU64::new(0),
         wake: Notify::new(),
     });
-    let thread = writer::spawn(writer::Writer {
-        store,
+    let stage = writer::JournalStage {
         rx,
+        journal,
+        masker: config.masker.0.clone(),
+        published: Arc::clone(&published),
+    };
+    let writer = writer::Writer {
+        store,
+        rx: committer_rx,
         commits: Arc::clone(&commits),
         published,
         stats: Arc::clone(&stats),
@@ -277,11 +301,11 @@ pub fn open(
                 .retention_interval
                 .unwrap_or(std::time::Duration::from_secs(60)),
         },
-        masker: config.masker.0.clone(),
         stats_file: options.stats_file,
         capacity,
-    })
-    .map_err(|source| AuditError::Dir {
+        journal_mark: Arc::new(AtomicU64::new(0)),
+    };
+    let thread = writer::spawn(stage, writer, committer_tx).map_err(|source| AuditError::Dir {
         path: path.clone(),
         source,
     })?;

@@ -117,17 +117,19 @@ pub struct ReplayArgs {
 /// The database the CLI reads: the config's state_dir, else the per-user
 /// folder `exec` falls back to when it cannot write there.
 fn reader(config: &Config) -> Result<Reader, AuditError> {
-    match Reader::open(&config.state_dir) {
+    let (reader, dir) = match Reader::open(&config.state_dir) {
         Err(AuditError::NoDatabase(p)) => {
             let fallback = super::user_state_dir();
             if fallback != config.state_dir && fallback.join(store::FILE_NAME).exists() {
-                Reader::open(&fallback)
+                (Reader::open(&fallback)?, fallback)
             } else {
-                Err(AuditError::NoDatabase(p))
+                return Err(AuditError::NoDatabase(p));
             }
         }
-        other => other,
-    }
+        other => (other?, config.state_dir.clone()),
+    };
+    reader.catch_up(&dir, std::time::Duration::from_secs(2));
+    Ok(reader)
 }
 
 pub async fn audit(config: &Config, args: AuditArgs) -> Result<i32, AuditError> {

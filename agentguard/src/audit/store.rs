@@ -39,9 +39,13 @@ const BY_ACTION: TableDefinition<(&str, u64, u64), ()> =
 const BY_UID: TableDefinition<(u32, u64, u64), ()> = TableDefinition::new("decisions_by_uid");
 const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
 const FRAMES: TableDefinition<Key, &[u8]> = TableDefinition::new("frames");
+/// Journal id → the last journal entry whose writes are all committed
+/// (journal.rs): set in the same transaction as those writes.
+const JOURNALS: TableDefinition<&str, u64> = TableDefinition::new("journals");
 
-/// One unit of work for the writer.
-#[derive(Debug)]
+/// One unit of work for the writer. The record variants are also what
+/// the journal holds (serde); the control ones are never journaled.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum Write {
     Decision {
         record: Box<DecisionRecord>,
@@ -72,11 +76,20 @@ pub enum Write {
         error: Option<String>,
     },
     /// Answered once everything before it is committed.
+    #[serde(skip)]
     Flush(tokio::sync::oneshot::Sender<()>),
     /// Commit what is queued and stop.
+    #[serde(skip)]
     Close,
+    /// Journal entry `seq` of journal `id` is complete once this commits.
+    #[serde(skip)]
+    JournalMark {
+        id: std::sync::Arc<str>,
+        seq: u64,
+    },
     /// Tests: the writer waits until this is signalled (to fill the queue).
     #[cfg(test)]
+    #[serde(skip)]
     Stall(std::sync::mpsc::Receiver<()>),
 }
 
@@ -84,7 +97,7 @@ impl Write {
     /// Whether this is a record (not a control message).
     pub fn is_record(&self) -> bool {
         match self {
-            Self::Flush(_) | Self::Close => false,
+            Self::Flush(_) | Self::Close | Self::JournalMark { .. } => false,
             #[cfg(test)]
             Self::Stall(_) => false,
             _ => true,
@@ -130,6 +143,7 @@ impl Store {
             txn.open_table(BY_UID)?;
             txn.open_table(SESSIONS)?;
             txn.open_table(FRAMES)?;
+            txn.open_table(JOURNALS)?;
         }
         txn.commit()?;
         Ok(store)
@@ -170,6 +184,7 @@ impl Store {
         {
             let mut t = Tables::open(&txn)?;
             let mut session_table = txn.open_table(SESSIONS)?;
+            let mut journals = txn.open_table(JOURNALS)?;
             let session = |sessions: &mut HashMap<u64, Option<SessionRecord>>,
                            id: u64,
                            f: &mut dyn FnMut(&mut SessionRecord)|
@@ -263,6 +278,9 @@ impl Store {
                         }
                     }
                     Write::Flush(_) | Write::Close => {}
+                    Write::JournalMark { id, seq } => {
+                        journals.insert(&**id, seq)?;
+                    }
                     #[cfg(test)]
                     Write::Stall(_) => {}
                     Write::SessionEnd {
@@ -286,6 +304,21 @@ impl Store {
                 session_table.insert(s.id, json(s)?.as_slice())?;
             }
         }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The last complete entry of journal `id` already committed (0: none).
+    pub fn journal_mark(&self, id: &str) -> Result<u64, AuditError> {
+        let txn = self.db()?.begin_read()?;
+        let table = txn.open_table(JOURNALS)?;
+        Ok(table.get(id)?.map_or(0, |g| g.value()))
+    }
+
+    /// Forgets a journal whose files are gone.
+    pub fn forget_journal(&self, id: &str) -> Result<(), AuditError> {
+        let txn = self.db()?.begin_write()?;
+        txn.open_table(JOURNALS)?.remove(id)?;
         txn.commit()?;
         Ok(())
     }
@@ -548,6 +581,27 @@ impl Reader {
 
     fn txn(&self) -> Result<ReadTransaction, AuditError> {
         Ok(self.db.begin_read()?)
+    }
+
+    /// Waits (at most `limit`) until what live writers have journaled is
+    /// committed, so a query sees every request answered before it ran:
+    /// replies wait for the journal, the database follows within ~50 ms.
+    pub fn catch_up(&self, dir: &Path, limit: std::time::Duration) {
+        let tails = super::journal::live_tails(&dir.join(super::journal::DIR_NAME));
+        let deadline = std::time::Instant::now() + limit;
+        for (id, seq) in tails {
+            while std::time::Instant::now() < deadline {
+                let mark = self
+                    .txn()
+                    .and_then(|t| Ok(t.open_table(JOURNALS)?.get(id.as_str())?.map(|g| g.value())));
+                match mark {
+                    Ok(Some(m)) if m >= seq => break,
+                    Err(_) => break,
+                    _ => {}
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
     }
 
     /// The newest `limit` decisions matching `filter`, oldest first.

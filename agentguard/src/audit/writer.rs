@@ -1,13 +1,21 @@
-//! The one thread that writes the database: takes what is queued (up to
-//! 2048 records, waiting at most 50 ms after the first for more, unless a
-//! reply waits for one of them), masks what could still hold a sensitive
-//! value, commits it in one transaction, publishes the highest ticket
-//! committed, and between batches runs retention in small steps so it never
-//! holds the queue up for long.
+//! Two threads between the recorders and the disk:
+//! - the journal stage takes what is queued, masks what could still hold a
+//!   sensitive value, appends it to the journal (journal.rs) and publishes
+//!   the highest ticket written there — replies waiting on it go — then
+//!   hands it on;
+//! - the committer, the one thread that writes the database, gathers up to
+//!   2048 records (waiting at most 50 ms after the first for more, unless a
+//!   reply still waits for one of them: the journal is off or broken),
+//!   commits them in one transaction with the journal's mark, publishes the
+//!   ticket, and between batches runs retention in small steps so it never
+//!   holds the queue up for long.
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -17,6 +25,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     Commits, DecisionRecord, Frame, Queued, RequestSummary, Stats, StatsSnapshot,
+    journal::Journal,
     record::DecisionId,
     store::{Store, Write},
     time,
@@ -38,18 +47,120 @@ pub(super) struct Writer {
     pub store: Store,
     pub rx: mpsc::Receiver<Queued>,
     pub commits: Arc<Commits>,
-    pub published: watch::Sender<u64>,
+    pub published: Arc<watch::Sender<u64>>,
     pub stats: Arc<Stats>,
     pub retention: Retention,
-    pub masker: Option<Arc<Engine>>,
     pub stats_file: Option<PathBuf>,
     pub capacity: usize,
+    /// The last journal entry committed (for the journal stage).
+    pub journal_mark: Arc<AtomicU64>,
 }
 
-pub(super) fn spawn(w: Writer) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
+pub(super) struct JournalStage {
+    pub rx: mpsc::Receiver<Queued>,
+    pub journal: Option<Journal>,
+    pub masker: Option<Arc<Engine>>,
+    pub published: Arc<watch::Sender<u64>>,
+}
+
+/// Starts both threads; the handle is the journal stage's, which joins the
+/// committer before it ends.
+pub(super) fn spawn(
+    stage: JournalStage,
+    w: Writer,
+    committer_rx_tx: mpsc::Sender<Queued>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let mark = Arc::clone(&w.journal_mark);
+    let committer = std::thread::Builder::new()
         .name("audit-writer".into())
-        .spawn(move || w.run())
+        .spawn(move || {
+            let mut w = w;
+            w.run();
+            w.store
+        })?;
+    std::thread::Builder::new()
+        .name("audit-journal".into())
+        .spawn(move || stage.run(committer_rx_tx, committer, &mark))
+}
+
+impl JournalStage {
+    fn run(
+        mut self,
+        tx: mpsc::Sender<Queued>,
+        committer: std::thread::JoinHandle<Store>,
+        mark: &AtomicU64,
+    ) {
+        let mut buf: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
+        'outer: while let Some(first) = self.rx.blocking_recv() {
+            buf.push(first);
+            while buf.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(w) => buf.push(w),
+                    Err(_) => break,
+                }
+            }
+            #[cfg(test)]
+            buf.retain(|(_, w)| {
+                if let Write::Stall(release) = w {
+                    let _ = release.recv();
+                    return false;
+                }
+                true
+            });
+            for (_, w) in &mut buf {
+                sanitize(self.masker.as_deref(), w);
+            }
+            let closing = buf.iter().any(|(_, w)| matches!(w, Write::Close));
+            if let Some(journal) = &mut self.journal {
+                journal.committed(mark.load(Ordering::Acquire));
+                match journal.append(&buf) {
+                    Ok(seq) => {
+                        if let Some(seq) = seq {
+                            let id = Arc::clone(journal.id());
+                            // Before a Close, which must stay last.
+                            let at = buf
+                                .iter()
+                                .position(|(_, w)| matches!(w, Write::Close))
+                                .unwrap_or(buf.len());
+                            buf.insert(at, (0, Write::JournalMark { id, seq }));
+                        }
+                        let ticket = buf.iter().map(|(t, _)| *t).max().unwrap_or(0);
+                        self.published.send_if_modified(|c| {
+                            let newer = ticket > *c;
+                            *c = (*c).max(ticket);
+                            newer
+                        });
+                    }
+                    Err(e) => {
+                        // Replies fall back to waiting for the database.
+                        error!(
+                            "audit journal: cannot append ({e}); replies now wait for each database commit"
+                        );
+                        self.journal = None;
+                    }
+                }
+            }
+            for q in buf.drain(..) {
+                if tx.blocking_send(q).is_err() {
+                    break 'outer;
+                }
+            }
+            if closing {
+                break;
+            }
+        }
+        drop(tx);
+        let Ok(store) = committer.join() else {
+            error!("audit writer thread panicked");
+            return;
+        };
+        // Only a journal whose every entry is committed may go.
+        if let Some(journal) = self.journal
+            && mark.load(Ordering::Acquire) >= journal.last_seq()
+        {
+            journal.remove(&store);
+        }
+    }
 }
 
 pub(super) fn snapshot(stats: &Stats, path: &Path, queued: usize) -> StatsSnapshot {
@@ -66,21 +177,20 @@ pub(super) fn snapshot(stats: &Stats, path: &Path, queued: usize) -> StatsSnapsh
     }
 }
 
-/// The batch being gathered, and the highest ticket in it.
+/// The batch being gathered, the highest ticket and journal mark in it.
 #[derive(Default)]
 struct Batch {
     writes: Vec<Write>,
     ticket: u64,
+    mark: u64,
 }
 
 impl Batch {
     fn take(&mut self, (ticket, w): Queued) {
-        #[cfg(test)]
-        if let Write::Stall(release) = w {
-            let _ = release.recv();
-            return;
-        }
         self.ticket = self.ticket.max(ticket);
+        if let Write::JournalMark { seq, .. } = &w {
+            self.mark = self.mark.max(*seq);
+        }
         self.writes.push(w);
     }
 }
@@ -91,7 +201,7 @@ impl Writer {
         self.commits.wanted.load(Ordering::SeqCst) > *self.published.borrow()
     }
 
-    fn run(mut self) {
+    fn run(&mut self) {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -120,7 +230,7 @@ impl Writer {
         let mut trimmed_at = 0u64;
         let mut batch = Batch {
             writes: Vec::with_capacity(MAX_BATCH),
-            ticket: 0,
+            ..Batch::default()
         };
         loop {
             let idle = next_retention
@@ -198,14 +308,12 @@ impl Writer {
     /// Returns true when the writer should stop.
     fn commit(&mut self, batch: &mut Batch, closing: bool) -> bool {
         let ticket = batch.ticket;
+        let mark = std::mem::take(&mut batch.mark);
         let batch = &mut batch.writes;
         let stop = batch.iter().any(|w| matches!(w, Write::Close));
         let overloaded = self.stats.overload_unrecorded.swap(0, Ordering::Relaxed);
         if overloaded > 0 {
             batch.push(overload_record(overloaded));
-        }
-        for w in batch.iter_mut() {
-            self.sanitize(w);
         }
         let records = batch.iter().filter(|w| w.is_record()).count() as u64;
         let mut delay = Duration::from_millis(100);
@@ -236,6 +344,9 @@ impl Writer {
                 }
             }
         };
+        if written && mark > 0 {
+            self.journal_mark.fetch_max(mark, Ordering::Release);
+        }
         self.stats.written.fetch_add(records, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Release);
         // Lost records are never reported committed: their waiters see
@@ -252,49 +363,52 @@ impl Writer {
         }
         stop
     }
+}
 
-    /// The last gate before the disk: request text and server messages go
-    /// through the mask engine (with the decision's rules, so the log shows
-    /// what the agent's view would), and SQL password literals are blanked.
-    fn sanitize(&self, w: &mut Write) {
-        let Some(engine) = self.masker.as_deref() else {
-            if let Write::Decision { record, .. } = w
-                && let RequestSummary::Sql { sql, .. } = &mut record.request
-            {
-                *sql = redact_sql_passwords(sql);
-            }
-            return;
-        };
-        match w {
-            Write::Decision { record, .. } => {
-                let sel = engine
-                    .selection(
-                        record.target.as_ref().and_then(|t| t.name.as_deref()),
-                        &record.mask_rules,
-                    )
-                    .unwrap_or_else(|_| engine.default_selection().clone());
-                match &mut record.request {
-                    RequestSummary::Sql { sql, .. } => {
-                        *sql = redact_sql_passwords(&mask_text(engine, &sel, sql));
-                    }
-                    RequestSummary::Http { query: Some(q), .. } => {
-                        *q = mask_text(engine, &sel, q);
-                    }
-                    RequestSummary::Other { summary } => {
-                        *summary = mask_text(engine, &sel, summary);
-                    }
-                    _ => {}
-                }
-            }
-            Write::Frame { frame, .. } => {
-                if let Frame::Error { message, .. } = &mut frame.frame {
-                    *message = mask_text(engine, engine.default_selection(), message);
-                }
-            }
-            _ => {}
+/// The last gate before the disk (journal and database): request text and
+/// server messages go through the mask engine (with the decision's rules,
+/// so the log shows what the agent's view would), and SQL password
+/// literals are blanked.
+fn sanitize(masker: Option<&Engine>, w: &mut Write) {
+    let Some(engine) = masker else {
+        if let Write::Decision { record, .. } = w
+            && let RequestSummary::Sql { sql, .. } = &mut record.request
+        {
+            *sql = redact_sql_passwords(sql);
         }
+        return;
+    };
+    match w {
+        Write::Decision { record, .. } => {
+            let sel = engine
+                .selection(
+                    record.target.as_ref().and_then(|t| t.name.as_deref()),
+                    &record.mask_rules,
+                )
+                .unwrap_or_else(|_| engine.default_selection().clone());
+            match &mut record.request {
+                RequestSummary::Sql { sql, .. } => {
+                    *sql = redact_sql_passwords(&mask_text(engine, &sel, sql));
+                }
+                RequestSummary::Http { query: Some(q), .. } => {
+                    *q = mask_text(engine, &sel, q);
+                }
+                RequestSummary::Other { summary } => {
+                    *summary = mask_text(engine, &sel, summary);
+                }
+                _ => {}
+            }
+        }
+        Write::Frame { frame, .. } => {
+            if let Frame::Error { message, .. } = &mut frame.frame {
+                *message = mask_text(engine, engine.default_selection(), message);
+            }
+        }
+        _ => {}
     }
+}
 
+impl Writer {
     /// Age first (cheap, in steps), then size. Returns whether more work
     /// is due right away.
     fn retention_step(&mut self, trimmed_at: &mut u64) -> bool {
