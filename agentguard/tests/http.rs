@@ -1100,7 +1100,15 @@ fn websocket_messages_are_masked_and_decided() {
     let out = exec(&config, &[PYTHON, "-c", WS_CLIENT, &base, "-"]);
     let (text, log) = (stdout(&out), stderr(&out));
     check_ws_session(&text, &log, &chat_log);
-    assert!(log.contains("websocket message denied"), "{log}");
+    // In the connection's span: the log line names the agent's process.
+    let denied_line = log
+        .lines()
+        .find(|l| l.contains("websocket message denied"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        field(denied_line, "exe").is_some_and(|e| e.starts_with(PYTHON)),
+        "{denied_line}"
+    );
     assert!(log.contains("websocket messages masked masked="), "{log}");
     let denied = audited_denials(&config, "WebSocket: the message carries a secret");
     assert_eq!(denied.len(), 1, "{denied:?}");

@@ -436,7 +436,9 @@ impl Session {
                     None
                 }
             };
-            tokio::spawn(async move {
+            // In the connection's span: its log lines name the agent.
+            let span = tracing::Span::current();
+            let upgraded = async move {
                 match (tokio::try_join!(agent_side, upstream_side), relay) {
                     (Ok((a, u)), Some(relay)) => websocket::relay(relay, a, u).await,
                     (Ok((a, u)), None) => {
@@ -451,7 +453,8 @@ impl Session {
                         }
                     }
                 }
-            });
+            };
+            tokio::spawn(tracing::Instrument::instrument(upgraded, span));
             info!(%method, path, upgrade = ?upgrade, "upgraded");
             let (mut rp, _) = resp.into_parts();
             strip_hop_by_hop(&mut rp.headers, true);
