@@ -996,6 +996,13 @@ async def main():
         print("closed", ws.close_code, ws.close_reason)
     async with websockets.connect(base + "/big", ssl=ctx) as ws:
         await closed(ws)
+    async with websockets.connect(base + "/chat", ssl=ctx) as ws:
+        await greeted(ws)
+        try:
+            await ws.send("y" * (17 << 20))
+        except websockets.ConnectionClosed:
+            pass
+        await closed(ws)
 
 asyncio.run(main())
 "#;
@@ -1063,17 +1070,22 @@ fn check_ws_session(out: &str, log: &str, server_log: &Path) {
     // Close codes and reasons cross both ways.
     assert_eq!(lines.get(7), Some(&"closed 4000 bye from server"), "{out}");
     assert_eq!(lines.get(8), Some(&"closed 4001 bye from agent"), "{out}");
-    // Over 16 MiB: 1009, not a panic.
-    assert!(
-        lines
-            .get(9)
-            .is_some_and(|l| l.starts_with("closed 1009 agentguard: websocket message of ")),
-        "{out}\n{log}"
-    );
+    // Over 16 MiB, either way: 1009, not a panic.
+    for at in [9, 10] {
+        assert!(
+            lines
+                .get(at)
+                .is_some_and(|l| l.starts_with("closed 1009 agentguard: websocket message of ")),
+            "{out}\n{log}"
+        );
+    }
     let seen = std::fs::read_to_string(server_log).expect("server log");
     assert!(seen.contains("recv 'hello plain'"), "{seen}");
     assert!(seen.contains("carol@example.com"), "{seen}");
-    assert!(!seen.contains("AKIAIOSFODNN7EXAMPLE"), "{seen}");
+    assert!(
+        !seen.contains("AKIAIOSFODNN7EXAMPLE") && !seen.contains("yyyy"),
+        "{seen}"
+    );
     assert!(seen.contains("closed 4001 bye from agent"), "{seen}");
 }
 
@@ -1113,6 +1125,8 @@ fn websocket_messages_are_masked_and_decided() {
     let denied = audited_denials(&config, "WebSocket: the message carries a secret");
     assert_eq!(denied.len(), 1, "{denied:?}");
     assert_eq!(denied[0]["request"]["kind"], "websocket", "{denied:?}");
+    let oversized = audited_denials(&config, "over the 16 MiB limit");
+    assert_eq!(oversized.len(), 2, "one each way: {oversized:?}");
 
     // wss: intercepted with the agentguard CA, the same inspection.
     let ca = agentguard_ca(&config);
