@@ -6,6 +6,7 @@ package agentguard.http
 
 import rego.v1
 
+import data.agentguard.llm
 import data.agentguard.production
 
 read_methods := {"GET", "HEAD"}
@@ -30,6 +31,18 @@ excepted if {
 	e.target == input.target.name
 	method in {upper(m) | some m in e.methods}
 	startswith(path, e.path_prefix)
+}
+
+# WebSocket messages the agent sends (kind websocket: the upgrade's method,
+# host and path, direction, message "text" or "binary", size, text, body
+# when the text is JSON, entities found over the whole message). A message
+# that carries a secret is not forwarded: the agent gets close 1008 with
+# the reason. The rest pass; what the server sends back is masked.
+deny contains sprintf("WebSocket: the message carries a secret (%s) and may not leave the host", [e.type]) if {
+	input.request.kind == "websocket"
+	some e in input.request.entities
+	is_string(e.type)
+	llm.is_secret(lower(e.type))
 }
 
 # Nothing needs approval over HTTP yet; the set exists so main.rego can

@@ -75,3 +75,37 @@ test_https_get_with_redacted_credentials_allowed if {
 	req := object.union(http("GET", "/v1/invoices"), {"scheme": "https", "headers": {"authorization": "Bearer [redacted]"}, "entities": []})
 	action(doc(api, req)) == "allow"
 }
+
+ws(message, entities) := {
+	"kind": "websocket", "method": "GET", "scheme": "http", "host": "chat.internal", "path": "/ws",
+	"query": "", "direction": "agent_to_server", "message": message, "size": 42, "text": "hello",
+	"entities": entities,
+}
+
+test_websocket_message_allowed if {
+	d := decide(doc(staging, ws("text", [])))
+	d.action == "allow"
+	d.reason == "websocket to configured target staging-api"
+}
+
+test_websocket_message_with_pii_allowed_and_masked if {
+	d := decide(doc(staging, ws("text", [{"type": "email", "count": 1}])))
+	d.action == "allow"
+	"email" in d.mask
+}
+
+test_websocket_message_with_secret_denied if {
+	every m in ["text", "binary"] {
+		d := decide(doc(staging, ws(m, [{"type": "aws_secret_key", "count": 1, "path": "creds.key"}])))
+		d.action == "deny"
+		d.reason == "WebSocket: the message carries a secret (aws_secret_key) and may not leave the host"
+	}
+}
+
+test_websocket_secret_suffix_denied if {
+	action(doc(staging, ws("text", [{"type": "vault_token", "count": 1}]))) == "deny"
+}
+
+test_websocket_message_to_unknown_target_denied if {
+	action(doc(data.agentguard.testing.unknown_target, ws("text", []))) == "deny"
+}

@@ -1,7 +1,7 @@
 # The decision every connection and request gets: data.agentguard.decision.
 #
-# Each area (sql.rego, http.rego, k8s.rego, llm.rego, redis.rego) adds
-# reasons to its own `deny` and `approve` sets; this file assembles them.
+# Each area (sql.rego, http.rego and its websocket rules, k8s.rego, llm.rego,
+# redis.rego) adds reasons to its own `deny` and `approve` sets; this file assembles them.
 # Any deny reason wins over approval; no reason at all allows. Whatever is
 # not covered here is denied: a target outside the config, a request kind
 # without rules, an input without a kind.
@@ -10,7 +10,7 @@ package agentguard
 import rego.v1
 
 # Request kinds these policies have rules for.
-known_kinds := {"connect", "sql", "mysql", "http", "k8s", "redis", "llm"}
+known_kinds := {"connect", "sql", "mysql", "http", "k8s", "redis", "llm", "websocket"}
 
 # PII detectors applied to every response unless settings say otherwise
 # (data.json: settings.mask).

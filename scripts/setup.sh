@@ -18,6 +18,8 @@ packages=(
   systemd passwd python3-prometheus-client
   # The HTTP guard's client test uses requests, as agents' tools do.
   python3-requests
+  # The WebSocket test: a real server and client (python3-websockets).
+  python3-websockets
   # `cargo xtask vm-test`: guests in qemu, an initramfs of busybox + our binaries.
   qemu-system-x86 busybox-static cpio
   # `cargo xtask load`: the HTTP load generator.

@@ -434,6 +434,13 @@ impl Approvals {
             Request::Sql(s) => ("sql", crate::audit::redact_sql_passwords(&s.sql)),
             Request::Http(h) => ("http", http_line(h)),
             Request::Llm(l) => ("llm", http_line(&l.http)),
+            Request::WebSocket(w) => (
+                "websocket",
+                format!(
+                    "websocket {}{} {} message, {} bytes",
+                    w.upgrade.host, w.upgrade.path, w.message, w.size
+                ),
+            ),
             Request::K8s(k) => (
                 "k8s",
                 format!(
@@ -531,7 +538,10 @@ pub async fn audit_abandoned(recorder: &Recorder, abandoned: Vec<PendingInfo>) {
 }
 
 fn http_line(h: &crate::http::HttpRequest) -> String {
-    format!("{} {}://{}{}", h.method, h.scheme, h.host, h.path)
+    format!(
+        "{} {}://{}{}",
+        h.endpoint.method, h.endpoint.scheme, h.endpoint.host, h.endpoint.path
+    )
 }
 
 pub fn unix_now() -> u64 {
@@ -558,8 +568,22 @@ pub fn fingerprint(input: &Input) -> String {
         Request::Connect => "connect".to_owned(),
         Request::TlsConnect(t) => format!("tls {}", t.sni.as_deref().unwrap_or("")),
         Request::Sql(s) => format!("sql {}", normalize_sql(&s.sql)),
-        Request::Http(h) => format!("http {} {}", h.method, path_template(&h.path)),
-        Request::Llm(l) => format!("llm {} {}", l.http.method, path_template(&l.http.path)),
+        Request::Http(h) => format!(
+            "http {} {}",
+            h.endpoint.method,
+            path_template(&h.endpoint.path)
+        ),
+        Request::Llm(l) => format!(
+            "llm {} {}",
+            l.http.endpoint.method,
+            path_template(&l.http.endpoint.path)
+        ),
+        // A grant covers the messages of one endpoint, not one message.
+        Request::WebSocket(w) => format!(
+            "websocket {}{}",
+            w.upgrade.host,
+            path_template(&w.upgrade.path)
+        ),
         Request::K8s(k) => format!(
             "k8s {} {}/{} {} {} {}",
             k.verb,

@@ -61,6 +61,8 @@ pub enum Request {
     /// One LLM API call (targets with protocol llm, or an OpenAI- or
     /// Anthropic-style path).
     Llm(crate::http::LlmRequest),
+    /// One message the agent sends over an allowed WebSocket upgrade.
+    WebSocket(crate::http::WebSocketMessage),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,7 +7,8 @@
 //! a minted leaf towards the agent and a verified session towards the
 //! server) → `session.rs` (hyper on both sides; per request: `input.rs` /
 //! `k8s.rs` build the policy input, the decision, forward, then `mask.rs`
-//! masks the response).
+//! masks the response; an allowed WebSocket upgrade goes on in
+//! `websocket.rs`, message by message).
 //!
 //! The agent's protocol is kept upstream: HTTP/1.1 to HTTP/1.1, HTTP/2 to
 //! HTTP/2. Over TLS the server is asked first (with the ALPN list the agent
@@ -20,6 +21,7 @@ pub mod mask;
 pub mod session;
 pub mod tls;
 pub mod upstream;
+pub mod websocket;
 
 use std::{
     net::SocketAddr,
@@ -34,7 +36,7 @@ use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
-pub use input::{HttpRequest, LlmRequest, TlsConnect};
+pub use input::{HttpRequest, LlmRequest, TlsConnect, WebSocketMessage};
 pub use k8s::K8sRequest;
 
 use crate::{

@@ -29,7 +29,7 @@ fn addr(port: u16) -> SocketAddr {
 /// The test server: plain files, JSON and SSE with personal data, a gzip
 /// variant, and (see `KUBE`) the few Kubernetes API paths kubectl needs.
 const SERVER: &str = r#"
-import gzip, http.server, json, ssl, sys, time
+import base64, gzip, hashlib, http.server, json, ssl, sys, time
 port = int(sys.argv[1])
 
 POD_TABLE = {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {},
@@ -106,6 +106,19 @@ class H(http.server.BaseHTTPRequestHandler):
         else:
             self.send(404, "text/plain", b"not found\n")
     def upgrade(self):
+        if self.headers.get("upgrade", "").lower() == "websocket":
+            # A WebSocket server that answers with an extension nobody
+            # offered (compressed frames the guard could not read).
+            key = self.headers.get("sec-websocket-key", "") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+            self.send_response(101)
+            self.send_header("upgrade", "websocket")
+            self.send_header("connection", "Upgrade")
+            self.send_header("sec-websocket-accept", base64.b64encode(hashlib.sha1(key.encode()).digest()).decode())
+            self.send_header("sec-websocket-extensions", "permessage-deflate")
+            self.end_headers()
+            self.wfile.flush()
+            self.close_connection = True
+            return
         # A minimal Upgrade: 101, then echo raw bytes (what a WebSocket
         # proxy must let through after the handshake).
         self.send_response(101)
@@ -141,18 +154,22 @@ struct Server {
 fn start_server(dir: &Path, tls: Option<&Pki>) -> Server {
     let script = dir.join("server.py");
     std::fs::write(&script, SERVER).expect("script");
+    let tls: Vec<&Path> = tls.map(|p| vec![&*p.cert, &*p.key]).unwrap_or_default();
+    python_server("test server", &script, &tls)
+}
+
+/// Runs `python3 script PORT args...` on a free port, until dropped.
+fn python_server(what: &str, script: &Path, args: &[&Path]) -> Server {
     let port = free_port();
-    let mut cmd = Command::new(PYTHON);
-    cmd.arg(&script).arg(port.to_string());
-    if let Some(p) = tls {
-        cmd.arg(&p.cert).arg(&p.key);
-    }
-    let child = cmd
+    let child = Command::new(PYTHON)
+        .arg(script)
+        .arg(port.to_string())
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("python server");
-    wait_for("test server", Duration::from_secs(10), || {
+        .expect(what);
+    wait_for(what, Duration::from_secs(10), || {
         TcpStream::connect(addr(port)).is_ok()
     });
     Server {
@@ -896,4 +913,247 @@ fn k8s_exec_is_held_for_approval_then_denied() {
         "{body}"
     );
     assert!(!body.contains("@example.com"), "{body}");
+}
+
+/// A WebSocket server (python3-websockets): on connect it sends personal
+/// data as JSON, text and binary, then echoes; it notes what it received
+/// and how it was closed in a file, so the test sees what left the host.
+const WS_SERVER: &str = r#"
+import asyncio, json, ssl, sys, websockets
+port, log = int(sys.argv[1]), sys.argv[2]
+
+def note(s):
+    with open(log, "a") as f:
+        f.write(s + "\n")
+
+async def handler(ws, path=None):
+    path = path or ws.path
+    if path == "/big":
+        await ws.send("x" * (17 << 20))
+        await ws.wait_closed()
+        return
+    await ws.send(json.dumps({"user": {"name": "John", "email": "john.doe@example.com",
+                                       "card": "4111 1111 1111 1111"}, "id": 7}))
+    await ws.send("mail jane.roe@example.org, card 4111 1111 1111 1111")
+    await ws.send(b"\x00\x01 bob@example.com \xff")
+    try:
+        async for m in ws:
+            note(f"recv {m!r}")
+            if m == "close-please":
+                await ws.close(4000, "bye from server")
+                break
+            await ws.send(m)
+    finally:
+        note(f"closed {ws.close_code} {ws.close_reason}")
+
+async def main():
+    ctx = None
+    if len(sys.argv) > 4:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+    async with websockets.serve(handler, "127.0.0.1", port, ssl=ctx, max_size=None):
+        await asyncio.Future()
+
+asyncio.run(main())
+"#;
+
+/// The agent: python3-websockets' client, no proxy named. Arguments: the
+/// base URL, then a CA file for wss (or "-").
+const WS_CLIENT: &str = r#"
+import asyncio, ssl, sys, websockets
+base = sys.argv[1]
+ctx = ssl.create_default_context(cafile=sys.argv[2]) if sys.argv[2] != "-" else None
+
+async def greeted(ws):
+    return [await ws.recv() for _ in range(3)]
+
+async def closed(ws):
+    try:
+        print("unexpected", repr(await ws.recv()))
+    except websockets.ConnectionClosed:
+        pass
+    print("closed", ws.close_code, ws.close_reason)
+
+async def main():
+    async with websockets.connect(base + "/chat", ssl=ctx) as ws:
+        for m in await greeted(ws):
+            print("got", repr(m))
+        await ws.send("hello plain")
+        print("echo", repr(await ws.recv()))
+        await ws.send(b"\x02bin carol@example.com")
+        print("echo", repr(await ws.recv()))
+        await asyncio.wait_for(await ws.ping(), 5)
+        print("pong")
+        await ws.send('{"creds": {"key": "AKIAIOSFODNN7EXAMPLE"}}')
+        await closed(ws)
+    async with websockets.connect(base + "/chat", ssl=ctx) as ws:
+        await greeted(ws)
+        await ws.send("close-please")
+        await closed(ws)
+    async with websockets.connect(base + "/chat", ssl=ctx) as ws:
+        await greeted(ws)
+        await ws.close(4001, "bye from agent")
+        print("closed", ws.close_code, ws.close_reason)
+    async with websockets.connect(base + "/big", ssl=ctx) as ws:
+        await closed(ws)
+    async with websockets.connect(base + "/chat", ssl=ctx) as ws:
+        await greeted(ws)
+        try:
+            await ws.send("y" * (17 << 20))
+        except websockets.ConnectionClosed:
+            pass
+        await closed(ws)
+
+asyncio.run(main())
+"#;
+
+fn start_ws_server(dir: &Path, name: &str, tls: Option<&Pki>) -> (Server, PathBuf) {
+    let script = dir.join("ws_server.py");
+    std::fs::write(&script, WS_SERVER).expect("script");
+    let log = dir.join(format!("{name}.log"));
+    let mut args = vec![&*log];
+    if let Some(p) = tls {
+        args.extend([&*p.cert, &*p.key]);
+    }
+    (python_server("websocket server", &script, &args), log)
+}
+
+/// What the agent printed over one run of the client, checked the same way
+/// for ws and wss.
+fn check_ws_session(out: &str, log: &str, server_log: &Path) {
+    let lines: Vec<&str> = out.lines().collect();
+    // JSON: masked as a tree (field rules apply, other fields untouched).
+    let json = lines.first().copied().unwrap_or_default();
+    assert!(
+        json.contains(r#"\"card\": \"**** **** **** 1111\""#)
+            || json.contains(r#""card":"**** **** **** 1111""#),
+        "{out}\n{log}"
+    );
+    assert!(json.contains("John") && json.contains("\"id\":7"), "{out}");
+    // Text and binary: the detectors.
+    assert!(
+        lines
+            .get(1)
+            .is_some_and(|l| l.starts_with("got 'mail ") && l.contains("**** **** **** 1111")),
+        "{out}"
+    );
+    assert!(
+        lines
+            .get(2)
+            .is_some_and(|l| l.starts_with("got b'\\x00\\x01 ")),
+        "{out}"
+    );
+    for secret in [
+        "john.doe@example.com",
+        "jane.roe@example.org",
+        "bob@example.com",
+    ] {
+        assert!(!out.contains(secret), "{secret} reached the agent: {out}");
+    }
+    // A plain message is echoed unchanged; a binary one comes back masked.
+    assert_eq!(lines.get(3), Some(&"echo 'hello plain'"), "{out}");
+    assert!(
+        lines
+            .get(4)
+            .is_some_and(|l| l.starts_with("echo b'\\x02bin ") && !l.contains("carol@example.com")),
+        "{out}"
+    );
+    assert_eq!(lines.get(5), Some(&"pong"), "{out}");
+    // The secret: close 1008 with the reason; the server never saw it.
+    assert_eq!(
+        lines.get(6),
+        Some(
+            &"closed 1008 agentguard: WebSocket: the message carries a secret (aws_access_key) and may not leave the host"
+        ),
+        "{out}\n{log}"
+    );
+    // Close codes and reasons cross both ways.
+    assert_eq!(lines.get(7), Some(&"closed 4000 bye from server"), "{out}");
+    assert_eq!(lines.get(8), Some(&"closed 4001 bye from agent"), "{out}");
+    // Over 16 MiB, either way: 1009, not a panic.
+    for at in [9, 10] {
+        assert!(
+            lines
+                .get(at)
+                .is_some_and(|l| l.starts_with("closed 1009 agentguard: websocket message of ")),
+            "{out}\n{log}"
+        );
+    }
+    let seen = std::fs::read_to_string(server_log).expect("server log");
+    assert!(seen.contains("recv 'hello plain'"), "{seen}");
+    assert!(seen.contains("carol@example.com"), "{seen}");
+    assert!(
+        !seen.contains("AKIAIOSFODNN7EXAMPLE") && !seen.contains("yyyy"),
+        "{seen}"
+    );
+    assert!(seen.contains("closed 4001 bye from agent"), "{seen}");
+}
+
+#[test]
+fn websocket_messages_are_masked_and_decided() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = test_pki(dir.path());
+    let (chat, chat_log) = start_ws_server(dir.path(), "chat", None);
+    let (chat_tls, chat_tls_log) = start_ws_server(dir.path(), "chat-tls", Some(&pki));
+    let api = start_server(dir.path(), None);
+    let config = TestConfig::new(&format!(
+        "{}{}{}",
+        http_target("chat", chat.port, ""),
+        http_target(
+            "chat-tls",
+            chat_tls.port,
+            &format!("ca_file = \"{}\"\n", pki.ca.display())
+        ),
+        http_target("api", api.port, ""),
+    ));
+
+    let base = format!("ws://127.0.0.1:{}", chat.port);
+    let out = exec(&config, &[PYTHON, "-c", WS_CLIENT, &base, "-"]);
+    let (text, log) = (stdout(&out), stderr(&out));
+    check_ws_session(&text, &log, &chat_log);
+    // In the connection's span: the log line names the agent's process.
+    let denied_line = log
+        .lines()
+        .find(|l| l.contains("websocket message denied"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        field(denied_line, "exe").is_some_and(|e| e.starts_with(PYTHON)),
+        "{denied_line}"
+    );
+    assert!(log.contains("websocket messages masked masked="), "{log}");
+    let denied = audited_denials(&config, "WebSocket: the message carries a secret");
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0]["request"]["kind"], "websocket", "{denied:?}");
+    let oversized = audited_denials(&config, "over the 16 MiB limit");
+    assert_eq!(oversized.len(), 2, "one each way: {oversized:?}");
+
+    // wss: intercepted with the agentguard CA, the same inspection.
+    let ca = agentguard_ca(&config);
+    let base = format!("wss://localhost:{}", chat_tls.port);
+    let out = exec(
+        &config,
+        &[PYTHON, "-c", WS_CLIENT, &base, &ca.display().to_string()],
+    );
+    check_ws_session(&stdout(&out), &stderr(&out), &chat_tls_log);
+
+    // A server that answers with an extension it was not offered: 502.
+    let code = r#"
+import asyncio, sys, websockets
+async def main():
+    try:
+        async with websockets.connect(sys.argv[1]):
+            print("unexpected: connected")
+    except websockets.InvalidStatusCode as e:
+        print("refused", e.status_code)
+asyncio.run(main())
+"#;
+    let url = format!("ws://127.0.0.1:{}/deflate", api.port);
+    let out = exec(&config, &[PYTHON, "-c", code, &url]);
+    assert_eq!(stdout(&out), "refused 502\n", "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot inspect compressed frames"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -193,6 +193,18 @@ pub enum RequestSummary {
         model: Option<String>,
         path: String,
     },
+    /// One WebSocket message (only denied ones are recorded; the
+    /// upgrade is an `Http` record whose result counts what was masked).
+    #[serde(rename = "websocket")]
+    WebSocket {
+        host: Option<String>,
+        path: String,
+        /// `agent_to_server` or `server_to_agent`.
+        direction: String,
+        /// `text` or `binary`.
+        message: String,
+        size: u64,
+    },
     /// Anything else: one line.
     Other {
         summary: String,
@@ -208,6 +220,7 @@ impl RequestSummary {
             Self::K8s { .. } => "k8s",
             Self::Redis { .. } => "redis",
             Self::Llm { .. } => "llm",
+            Self::WebSocket { .. } => "websocket",
             Self::Other { .. } => "other",
         }
     }
@@ -260,6 +273,16 @@ impl RequestSummary {
                 model,
                 path,
             } => format!("{provider} {} {path}", model.as_deref().unwrap_or("-")),
+            Self::WebSocket {
+                host,
+                path,
+                direction,
+                message,
+                size,
+            } => format!(
+                "websocket {}{path} {direction} {message} {size} bytes",
+                host.as_deref().unwrap_or("")
+            ),
             Self::Other { summary } => summary.clone(),
         }
     }

@@ -1,5 +1,6 @@
 //! One HTTP request as policy sees it (`input.request`): kind `http`,
-//! `k8s` or `llm`. Credentials in headers are redacted before policy or a
+//! `k8s` or `llm`; and one message the agent sends over a WebSocket, kind
+//! `websocket`. Credentials in headers are redacted before policy or a
 //! log sees them; a JSON body up to [`MAX_JSON_BODY`] is parsed; content
 //! detectors list the entities the body carries (type, count, where —
 //! never the value).
@@ -20,9 +21,9 @@ pub const MAX_JSON_BODY: usize = 1 << 20;
 /// Prompt text handed to policy is cut here (entities cover the whole body).
 const MAX_PROMPT: usize = 64 * 1024;
 
-/// `input.request` for kind `http`.
+/// Where a request goes; a WebSocket's messages carry their upgrade's.
 #[derive(Debug, Clone, Serialize)]
-pub struct HttpRequest {
+pub struct Endpoint {
     pub method: String,
     /// "http" or "https" (as the agent sees it).
     pub scheme: &'static str,
@@ -33,6 +34,13 @@ pub struct HttpRequest {
     pub sni: Option<String>,
     pub path: String,
     pub query: String,
+}
+
+/// `input.request` for kind `http`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpRequest {
+    #[serde(flatten)]
+    pub endpoint: Endpoint,
     /// Lower-case names; repeated headers joined with ", "; credentials
     /// redacted.
     pub headers: BTreeMap<String, String>,
@@ -59,6 +67,31 @@ pub struct LlmRequest {
     pub stream: bool,
     #[serde(flatten)]
     pub http: HttpRequest,
+}
+
+/// `input.request` for kind `websocket`: one message from the agent. The
+/// server's messages are masked, not decided.
+#[derive(Debug, Clone, Serialize)]
+pub struct WebSocketMessage {
+    /// The upgrade request's.
+    #[serde(flatten)]
+    pub upgrade: Endpoint,
+    /// `agent_to_server`.
+    pub direction: &'static str,
+    /// `text` or `binary`.
+    pub message: &'static str,
+    /// The whole message, in bytes.
+    pub size: usize,
+    /// A text message up to [`MAX_JSON_BODY`] (cut on a char boundary).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub text_truncated: bool,
+    /// A text message that parses as JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+    /// Over the whole message, text or binary.
+    pub entities: Vec<Entity>,
 }
 
 /// `input.request` for a passed-through TLS connection (kind `connect`).
@@ -162,6 +195,19 @@ pub struct Parts<'a> {
     pub upgrade: Option<String>,
 }
 
+impl Parts<'_> {
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            method: self.method.to_owned(),
+            scheme: self.scheme,
+            host: self.host.to_owned(),
+            sni: self.sni.map(str::to_owned),
+            path: self.path.to_owned(),
+            query: self.query.unwrap_or("").to_owned(),
+        }
+    }
+}
+
 /// Builds the request of the right kind for the target's protocol.
 pub fn build(
     protocol: Protocol,
@@ -180,12 +226,7 @@ pub fn build(
         (None, None) => Vec::new(),
     };
     let http = HttpRequest {
-        method: parts.method.to_owned(),
-        scheme: parts.scheme,
-        host: parts.host.to_owned(),
-        sni: parts.sni.map(str::to_owned),
-        path: parts.path.to_owned(),
-        query: parts.query.unwrap_or("").to_owned(),
+        endpoint: parts.endpoint(),
         headers: redacted_headers(parts.headers),
         body,
         body_truncated: parts.body_truncated,
@@ -228,6 +269,41 @@ pub fn entities(engine: &Engine, sel: &Selection, body: &Value) -> Vec<Entity> {
             path: (!path.is_empty()).then_some(path),
         })
         .collect()
+}
+
+/// The policy input for one message the agent sends.
+pub fn websocket_message(
+    upgrade: &Endpoint,
+    data: &[u8],
+    is_text: bool,
+    engine: &Engine,
+    detect: &Selection,
+) -> Request {
+    let body: Option<Value> = (is_text && data.len() <= MAX_JSON_BODY)
+        .then(|| serde_json::from_slice(data).ok())
+        .flatten();
+    let entities = match &body {
+        Some(tree) => entities(engine, detect, tree),
+        None => text_entities(engine, detect, data),
+    };
+    // Text messages are valid UTF-8 (the WebSocket layer checks).
+    let (text, text_truncated) = match std::str::from_utf8(data) {
+        Ok(t) if is_text => {
+            let cut = t.floor_char_boundary(MAX_JSON_BODY);
+            (Some(t[..cut].to_owned()), cut < t.len())
+        }
+        _ => (None, false),
+    };
+    Request::WebSocket(WebSocketMessage {
+        upgrade: upgrade.clone(),
+        direction: "agent_to_server",
+        message: if is_text { "text" } else { "binary" },
+        size: data.len(),
+        text,
+        text_truncated,
+        body,
+        entities,
+    })
 }
 
 fn text_entities(engine: &Engine, sel: &Selection, raw: &[u8]) -> Vec<Entity> {
@@ -505,6 +581,36 @@ mod tests {
             "{:?}",
             r.entities
         );
+    }
+
+    #[test]
+    fn websocket_message_input() {
+        let e = engine();
+        let detect = e.selection(None, &["all"]).expect("sel");
+        let h = HeaderMap::new();
+        let mut p = parts("/ws", &h, None);
+        (p.method, p.scheme, p.host) = ("GET", "http", "chat.internal");
+        let up = p.endpoint();
+        let msg = br#"{"say":"key AKIAIOSFODNN7EXAMPLE"}"#;
+        let json =
+            serde_json::to_value(websocket_message(&up, msg, true, &e, &detect)).expect("json");
+        assert_eq!(json["kind"], "websocket");
+        assert_eq!(
+            (json["host"].as_str(), json["path"].as_str()),
+            (Some("chat.internal"), Some("/ws"))
+        );
+        assert_eq!(json["direction"], "agent_to_server");
+        assert_eq!(json["size"], msg.len());
+        assert_eq!(json["body"]["say"], "key AKIAIOSFODNN7EXAMPLE");
+        assert_eq!(json["entities"][0]["type"], "aws_access_key");
+        assert_eq!(json["entities"][0]["path"], "say");
+        let Request::WebSocket(bin) =
+            websocket_message(&up, b"\x00\x01 bob@example.com", false, &e, &detect)
+        else {
+            panic!("websocket kind");
+        };
+        assert!(bin.text.is_none() && bin.body.is_none());
+        assert_eq!(bin.entities[0].kind, "email");
     }
 
     #[test]

@@ -389,32 +389,51 @@ impl<'e> EventMasker<'e> {
         out
     }
 
-    /// Masks one SSE event or one line: a line that is JSON as a tree (so
-    /// `field:` rules apply), anything else as text.
+    /// Masks one SSE event or one line (a line as a document).
     fn mask_unit(&mut self, class: Class, unit: &[u8], out: &mut Vec<u8>) {
         if class == Class::Lines {
             let body = unit.trim_ascii_end();
-            if let Ok(mut v) = serde_json::from_slice::<Value>(body) {
-                let mut fs = Vec::new();
-                let root = &mut String::from("$");
-                if mask_json(self.engine, self.sel, &mut v, None, root, &mut fs) {
-                    note(&mut self.findings, &fs);
-                    if let Ok(b) = serde_json::to_vec(&v) {
-                        out.extend_from_slice(&b);
-                        out.extend_from_slice(&unit[body.len()..]);
-                        return;
-                    }
-                } else {
-                    out.extend_from_slice(unit);
-                    return;
+            match mask_document(self.engine, self.sel, body, &mut self.findings) {
+                Some(masked) => {
+                    out.extend_from_slice(&masked);
+                    out.extend_from_slice(&unit[body.len()..]);
                 }
+                None => out.extend_from_slice(unit),
             }
+            return;
         }
         let m = self
             .engine
             .mask_bytes(unit, &FieldContext::text(), self.sel);
         note(&mut self.findings, &m.findings);
         out.extend_from_slice(&m.value);
+    }
+}
+
+/// One self-contained document (a line, a WebSocket message): JSON masked
+/// as a tree (so `field:` rules apply), anything else by the text
+/// detectors. `None`: nothing was masked.
+pub fn mask_document(
+    engine: &Engine,
+    sel: &Selection,
+    doc: &[u8],
+    findings: &mut BTreeMap<String, u32>,
+) -> Option<Vec<u8>> {
+    if let Ok(mut v) = serde_json::from_slice::<Value>(doc) {
+        let mut fs = Vec::new();
+        if !mask_json(engine, sel, &mut v, None, &mut String::from("$"), &mut fs) {
+            return None;
+        }
+        if let Ok(b) = serde_json::to_vec(&v) {
+            note(findings, &fs);
+            return Some(b);
+        }
+    }
+    let m = engine.mask_bytes(doc, &FieldContext::text(), sel);
+    note(findings, &m.findings);
+    match m.value {
+        std::borrow::Cow::Owned(v) => Some(v),
+        std::borrow::Cow::Borrowed(_) => None,
     }
 }
 

@@ -1,8 +1,9 @@
 //! One HTTP connection on hyper: the agent's side served, the server's side
 //! a client connection of the same protocol. Per request: policy input →
 //! decision (403 on deny; approve holds, then denies) → forward → mask the
-//! response. An Upgrade (WebSocket) is decided like any request, then its
-//! bytes pass through.
+//! response. An Upgrade is decided like any request; a WebSocket is then
+//! relayed message by message (`websocket.rs`), any other upgrade's bytes
+//! pass through.
 
 use std::{
     collections::VecDeque,
@@ -24,6 +25,7 @@ use tracing::{debug, info, warn};
 use super::{
     Body, BoxError, Conn, HttpError, input, mask,
     upstream::{Redial, Upstream},
+    websocket,
 };
 use crate::{
     audit::{DecisionId, DecisionRecord, RequestSummary},
@@ -40,8 +42,8 @@ pub enum Proto {
 /// Requests whose header block is larger are answered 431 by hyper.
 const MAX_HEADER_BUF: usize = 64 * 1024;
 
-struct Session {
-    conn: Conn,
+pub(super) struct Session {
+    pub(super) conn: Conn,
     /// `Err`: no usable server (its certificate failed verification);
     /// every request is refused with this reason.
     upstream: Result<Upstream, String>,
@@ -263,23 +265,21 @@ impl Session {
                 )
                 .await;
         };
-        let request = input::build(
-            target.protocol,
-            &input::Parts {
-                method: parts.method.as_str(),
-                scheme: self.scheme,
-                host: &host,
-                sni: self.conn.sni.as_deref(),
-                path: &path,
-                query: query.as_deref(),
-                headers: &parts.headers,
-                body: (want_body && complete).then_some(&head.data[..]),
-                body_truncated: want_body && !complete,
-                upgrade: upgrade.clone(),
-            },
-            engine,
-            detect_sel,
-        );
+        let request_parts = input::Parts {
+            method: parts.method.as_str(),
+            scheme: self.scheme,
+            host: &host,
+            sni: self.conn.sni.as_deref(),
+            path: &path,
+            query: query.as_deref(),
+            headers: &parts.headers,
+            body: (want_body && complete).then_some(&head.data[..]),
+            body_truncated: want_body && !complete,
+            upgrade: upgrade.clone(),
+        };
+        let request = input::build(target.protocol, &request_parts, engine, detect_sel);
+        // What a WebSocket's messages are decided with.
+        let websocket = (upgrade.as_deref() == Some("websocket")).then(|| request_parts.endpoint());
         summary = request_summary(&request).unwrap_or(summary);
         let is_llm = matches!(request, decide::Request::Llm(_));
         // A watch answers with one JSON object per event, for as long as
@@ -346,6 +346,11 @@ impl Session {
 
         // Towards the server.
         strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
+        if websocket.is_some() {
+            // Compressed frames could not be inspected (tungstenite does
+            // not inflate them): no extension is offered upstream.
+            parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+        }
         let gzip_ok = parts
             .headers
             .get(header::ACCEPT_ENCODING)
@@ -404,17 +409,52 @@ impl Session {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(agent_side) = on_agent_upgrade
         {
+            let mut result = self.conn.session.result_recorder(audit);
+            result.complete(resp.status().to_string()).await;
+            if websocket.is_some()
+                && resp
+                    .headers()
+                    .contains_key(header::SEC_WEBSOCKET_EXTENSIONS)
+            {
+                let reason = "the server negotiated a WebSocket extension that was not offered (agentguard cannot inspect compressed frames)";
+                warn!(%method, path, %reason, "upgrade refused");
+                result.finish().await;
+                return self
+                    .released(self.refuse(StatusCode::BAD_GATEWAY, reason))
+                    .await;
+            }
             let upstream_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
-                match tokio::try_join!(agent_side, upstream_side) {
-                    Ok((a, u)) => {
+            let relay = match websocket {
+                Some(upgrade) => Some(websocket::Relay {
+                    session: Arc::clone(&self),
+                    upgrade,
+                    sel,
+                    result,
+                }),
+                None => {
+                    result.finish().await;
+                    None
+                }
+            };
+            // In the connection's span: its log lines name the agent.
+            let span = tracing::Span::current();
+            let upgraded = async move {
+                match (tokio::try_join!(agent_side, upstream_side), relay) {
+                    (Ok((a, u)), Some(relay)) => websocket::relay(relay, a, u).await,
+                    (Ok((a, u)), None) => {
                         let (mut a, mut u) = (TokioIo::new(a), TokioIo::new(u));
                         let r = tokio::io::copy_bidirectional(&mut a, &mut u).await;
                         debug!("upgraded connection closed: {r:?}");
                     }
-                    Err(e) => debug!("upgrade failed: {e}"),
+                    (Err(e), relay) => {
+                        debug!("upgrade failed: {e}");
+                        if let Some(r) = relay {
+                            r.result.finish().await;
+                        }
+                    }
                 }
-            });
+            };
+            tokio::spawn(tracing::Instrument::instrument(upgraded, span));
             info!(%method, path, upgrade = ?upgrade, "upgraded");
             let (mut rp, _) = resp.into_parts();
             strip_hop_by_hop(&mut rp.headers, true);
@@ -482,7 +522,7 @@ impl Session {
 
     /// Records this request's decision. `Err`: the audit log cannot take
     /// it (on_overload = deny), so the request is refused.
-    async fn record(
+    pub(super) async fn record(
         &self,
         summary: RequestSummary,
         decision: &Decision,
@@ -562,7 +602,7 @@ fn request_summary(request: &decide::Request) -> Option<RequestSummary> {
         decide::Request::Llm(l) => RequestSummary::Llm {
             provider: l.provider.to_owned(),
             model: l.model.clone(),
-            path: l.http.path.clone(),
+            path: l.http.endpoint.path.clone(),
         },
         _ => return None,
     })
@@ -570,10 +610,10 @@ fn request_summary(request: &decide::Request) -> Option<RequestSummary> {
 
 fn http_summary(h: &input::HttpRequest) -> RequestSummary {
     RequestSummary::Http {
-        method: h.method.clone(),
-        host: Some(h.host.clone()),
-        path: h.path.clone(),
-        query: (!h.query.is_empty()).then(|| h.query.clone()),
+        method: h.endpoint.method.clone(),
+        host: Some(h.endpoint.host.clone()),
+        path: h.endpoint.path.clone(),
+        query: (!h.endpoint.query.is_empty()).then(|| h.endpoint.query.clone()),
     }
 }
 
