@@ -252,9 +252,10 @@ pub struct Audit {
     /// recording costs; a guard without an audit log is a blind one.
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// A reply's last bytes go out only once its records are committed, so
-    /// a crash never loses the record of a request the agent saw answered.
-    /// false: replies do not wait; a crash may lose the last ~50 ms.
+    /// A reply goes out only once its decision record is in the journal
+    /// (audit/journal.rs), so a killed daemon never loses the record of a
+    /// request the agent saw answered (a power loss may lose the last
+    /// ~50 ms). false: replies do not wait at all.
     #[serde(default = "yes")]
     pub commit_before_reply: bool,
     /// Records older than this are deleted in the background.
