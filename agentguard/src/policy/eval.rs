@@ -11,21 +11,23 @@
 //! Each worker keeps its own evaluator (a loaded VM, or an engine clone when
 //! the bundle runs on the interpreter), keyed by bundle id, so there is no
 //! lock and no clone on the hot path. The hand-off is a job queue to the
-//! workers and, back, a reply slot per calling thread (reused across calls,
-//! no allocation) that the worker fills before unparking the caller. A
-//! sequence number makes a late answer from a stuck worker land nowhere.
+//! workers (a mutex and a condvar: an idle worker sleeps in the kernel
+//! instead of spinning and yielding the way a channel's receive does, which
+//! on a small busy host took CPU from the proxy) and, back, a reply slot per
+//! calling thread (reused across calls, no allocation) that the worker fills
+//! before unparking the caller. A sequence number makes a late answer from
+//! a stuck worker land nowhere.
 
+use regorus::Value;
 use std::{
+    collections::VecDeque,
     sync::{
-        Arc, Mutex,
+        Arc, Condvar, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
     thread::{self, Thread},
     time::{Duration, Instant},
 };
-
-use crossbeam_channel::{Receiver, Sender};
-use regorus::Value;
 use tracing::{error, warn};
 
 use super::{
@@ -92,20 +94,72 @@ struct Job {
     seq: u64,
 }
 
+/// Jobs for the workers; `None` once the pool is dropped.
+struct Queue {
+    jobs: Mutex<Option<VecDeque<Job>>>,
+    ready: Condvar,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<VecDeque<Job>>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// False when the pool is closed.
+    fn push(&self, job: Job) -> bool {
+        {
+            let mut jobs = self.lock();
+            let Some(q) = jobs.as_mut() else {
+                return false;
+            };
+            q.push_back(job);
+        }
+        self.ready.notify_one();
+        true
+    }
+
+    /// The next job, waiting for one; None once the pool is closed.
+    fn pop(&self) -> Option<Job> {
+        let mut jobs = self.lock();
+        loop {
+            match jobs.as_mut() {
+                None => return None,
+                Some(q) => {
+                    if let Some(job) = q.pop_front() {
+                        return Some(job);
+                    }
+                }
+            }
+            jobs = self.ready.wait(jobs).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn close(&self) {
+        *self.lock() = None;
+        self.ready.notify_all();
+    }
+}
+
 pub struct Pool {
-    tx: Sender<Job>,
-    rx: Receiver<Job>,
+    queue: Arc<Queue>,
     live: Arc<AtomicUsize>,
     base: usize,
 }
 
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
+
 impl Pool {
     pub fn new() -> Self {
-        let (tx, rx) = crossbeam_channel::unbounded();
         let base = thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
         let pool = Self {
-            tx,
-            rx,
+            queue: Arc::new(Queue {
+                jobs: Mutex::new(Some(VecDeque::new())),
+                ready: Condvar::new(),
+            }),
             live: Arc::new(AtomicUsize::new(0)),
             base,
         };
@@ -116,13 +170,13 @@ impl Pool {
     }
 
     fn spawn_worker(&self) -> bool {
-        let rx = self.rx.clone();
+        let queue = Arc::clone(&self.queue);
         let live = Arc::clone(&self.live);
         let base = self.base;
         live.fetch_add(1, Ordering::SeqCst);
         let spawned = thread::Builder::new()
             .name("agentguard-policy".into())
-            .spawn(move || worker(&rx, &live, base));
+            .spawn(move || worker(&queue, &live, base));
         if let Err(e) = spawned {
             self.live.fetch_sub(1, Ordering::SeqCst);
             error!("cannot start a policy worker thread: {e}");
@@ -155,7 +209,7 @@ impl Pool {
             slot: Arc::clone(&slot),
             seq,
         };
-        if self.tx.send(job).is_err() {
+        if !self.queue.push(job) {
             return Err("policy workers are gone".into());
         }
         loop {
@@ -188,9 +242,9 @@ impl Pool {
     }
 }
 
-fn worker(rx: &Receiver<Job>, live: &AtomicUsize, base: usize) {
+fn worker(queue: &Queue, live: &AtomicUsize, base: usize) {
     let mut cached: Option<(u64, Evaluator)> = None;
-    for job in rx.iter() {
+    while let Some(job) = queue.pop() {
         // Queued behind a stuck evaluation: the caller has already denied.
         if Instant::now() >= job.deadline {
             continue;
