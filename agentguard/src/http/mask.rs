@@ -1,11 +1,11 @@
 //! Response masking: a JSON body value by value (the key path feeds
 //! `field:` rules and context scoring), text by the content detectors,
 //! Server-Sent Events one event at a time (framing untouched; a value split
-//! across network chunks is whole once its event is), except the delta
-//! text of LLM streams, which is joined across events ([`sse`]). gzip and deflate
-//! bodies are decoded first; the agent gets them identity-encoded with
-//! chunked framing (the length changed). The proxy only asks upstream for
-//! gzip or identity, so br/zstd arrive only from servers that ignore
+//! across network chunks is whole once its event is), except the delta text
+//! of LLM streams, which is joined across events (`mask/sse.rs`). gzip and
+//! deflate bodies are decoded first; the agent gets them identity-encoded
+//! with chunked framing (the length changed). The proxy only asks upstream
+//! for gzip or identity, so br/zstd arrive only from servers that ignore
 //! Accept-Encoding — those maskable bodies are refused, not passed blind.
 
 use std::{
@@ -340,7 +340,7 @@ fn note(findings: &mut BTreeMap<String, u32>, fs: &[Finding]) {
 
 /// Splits a streamed body into SSE events (or lines, for [`Class::Lines`])
 /// and masks each one whole (SSE delta text: joined per stream, see
-/// [`sse`]), whatever the network chunking was: the output of the `push`es
+/// `mask/sse.rs`), whatever the network chunking was: the output of the `push`es
 /// and `finish` does not depend on where chunks were cut.
 pub struct EventMasker<'e> {
     engine: &'e Engine,
