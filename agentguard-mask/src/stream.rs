@@ -84,6 +84,12 @@ impl<'e> StreamMasker<'e> {
         self.advance(true)
     }
 
+    /// Bytes pushed whose masked form has not been returned yet (the held
+    /// tail): what a caller needs to map output back to input offsets.
+    pub fn held(&self) -> usize {
+        self.buf.len() - self.kept
+    }
+
     /// What was masked so far (entity, count, where), merged across chunks.
     pub fn findings(&self) -> &[Finding] {
         &self.findings

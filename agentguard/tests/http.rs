@@ -101,6 +101,22 @@ class H(http.server.BaseHTTPRequestHandler):
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
             self.close_connection = True
+        elif path == "/chat":
+            # An OpenAI-style streamed completion: the email and the card
+            # number are split across events, one write per event.
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("connection", "close")
+            self.end_headers()
+            def chunk(delta, finish=None):
+                return b"data: " + json.dumps({"id": "c1", "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}).encode() + b"\n\n"
+            for tok in ["Mail jo", "hn@exam", "ple.com", ", card 4111 11", "11 1111 ", "1111 ok"]:
+                self.wfile.write(chunk({"content": tok}))
+                self.wfile.flush(); time.sleep(0.05)
+            self.wfile.write(chunk({}, "stop") + b"data: [DONE]\n\n")
+            self.wfile.flush()
+            self.close_connection = True
         elif path in KUBE:
             self.send(200, "application/json", json.dumps(KUBE[path]).encode())
         else:
@@ -654,6 +670,33 @@ fn json_gzip_and_sse_responses_are_masked() {
     assert_eq!(
         body, "event: token\ndata: card **** **** **** 1111 ok\n\ndata: [DONE]\n\n",
         "{out}"
+    );
+
+    // An LLM stream: each entity is split across events (writes). Every
+    // event arrives, in order, and the joined text is masked.
+    let (out, log) = curl(&config, &["-N", &format!("{base}/chat")]);
+    let body = out.split("\r\n\r\n").nth(1).expect("body");
+    let events: Vec<&str> = body.split_inclusive("\n\n").collect();
+    assert_eq!(events.len(), 8, "{out}");
+    let mut text = String::new();
+    for ev in &events[..7] {
+        let data = ev
+            .strip_prefix("data: ")
+            .and_then(|d| d.strip_suffix("\n\n"))
+            .expect("one data line per event");
+        let v: serde_json::Value = serde_json::from_str(data).expect("chunk JSON");
+        assert_eq!(v["object"], "chat.completion.chunk", "{ev}");
+        text += v["choices"][0]["delta"]["content"].as_str().unwrap_or("");
+    }
+    assert!(events[6].contains("\"finish_reason\": \"stop\""), "{out}");
+    assert_eq!(events[7], "data: [DONE]\n\n");
+    assert_eq!(
+        text, "Mail j***@*******.com, card **** **** **** 1111 ok",
+        "{out}"
+    );
+    assert!(
+        log.contains("response masked masked=card:1,email:1"),
+        "{log}"
     );
 }
 

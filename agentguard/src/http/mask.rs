@@ -1,10 +1,11 @@
 //! Response masking: a JSON body value by value (the key path feeds
 //! `field:` rules and context scoring), text by the content detectors,
 //! Server-Sent Events one event at a time (framing untouched; a value split
-//! across network chunks is whole once its event is). gzip and deflate
-//! bodies are decoded first; the agent gets them identity-encoded with
-//! chunked framing (the length changed). The proxy only asks upstream for
-//! gzip or identity, so br/zstd arrive only from servers that ignore
+//! across network chunks is whole once its event is), except the delta text
+//! of LLM streams, which is joined across events (`mask/sse.rs`). gzip and
+//! deflate bodies are decoded first; the agent gets them identity-encoded
+//! with chunked framing (the length changed). The proxy only asks upstream
+//! for gzip or identity, so br/zstd arrive only from servers that ignore
 //! Accept-Encoding — those maskable bodies are refused, not passed blind.
 
 use std::{
@@ -26,6 +27,8 @@ use tracing::{debug, info};
 
 use super::BoxError;
 use crate::audit::ResultRecorder;
+
+mod sse;
 
 /// JSON bodies up to this size are masked as a tree; larger ones as text.
 const MAX_JSON_TREE: usize = 16 << 20;
@@ -336,13 +339,15 @@ fn note(findings: &mut BTreeMap<String, u32>, fs: &[Finding]) {
 }
 
 /// Splits a streamed body into SSE events (or lines, for [`Class::Lines`])
-/// and masks each one whole, whatever the network chunking was: the output
-/// of the `push`es and `finish` does not depend on where chunks were cut.
+/// and masks each one whole (SSE delta text: joined per stream, see
+/// `mask/sse.rs`), whatever the network chunking was: the output of the `push`es
+/// and `finish` does not depend on where chunks were cut.
 pub struct EventMasker<'e> {
     engine: &'e Engine,
     sel: &'e Selection,
     class: Class,
     buf: Vec<u8>,
+    deltas: sse::Deltas<'e>,
     /// Entity name → how many were masked.
     pub findings: BTreeMap<String, u32>,
 }
@@ -354,6 +359,7 @@ impl<'e> EventMasker<'e> {
             sel,
             class,
             buf: Vec::new(),
+            deltas: sse::Deltas::new(engine, sel),
             findings: BTreeMap::new(),
         }
     }
@@ -376,21 +382,36 @@ impl<'e> EventMasker<'e> {
         self.buf.drain(..start);
         if self.buf.len() > MAX_EVENT {
             let unit = std::mem::take(&mut self.buf);
-            self.mask_unit(Class::Text, &unit, &mut out);
+            if self.class == Class::EventStream {
+                let mut part = Vec::new();
+                self.mask_unit(Class::Text, &unit, &mut part);
+                self.deltas.raw(part);
+            } else {
+                self.mask_unit(Class::Text, &unit, &mut out);
+            }
         }
+        self.deltas.drain(&mut out);
         out
     }
 
-    /// The body ended: the last, unterminated event (line).
+    /// The body ended: the last, unterminated event (line), and the text
+    /// streams' held tails.
     pub fn finish(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
         let unit = std::mem::take(&mut self.buf);
         self.mask_unit(self.class, &unit, &mut out);
+        self.deltas.close_all(&mut self.findings);
+        self.deltas.drain(&mut out);
         out
     }
 
-    /// Masks one SSE event or one line (a line as a document).
+    /// Masks one SSE event (queued behind the events still waiting for
+    /// their delta text) or one line (as a document: `mask_document`).
     fn mask_unit(&mut self, class: Class, unit: &[u8], out: &mut Vec<u8>) {
+        if class == Class::EventStream {
+            self.deltas.event(unit, &mut self.findings);
+            return;
+        }
         if class == Class::Lines {
             let body = unit.trim_ascii_end();
             match mask_document(self.engine, self.sel, body, &mut self.findings) {
@@ -653,5 +674,287 @@ mod tests {
         }
         out.extend_from_slice(&d.finish().expect("finish"));
         assert_eq!(out, b"card 4111 1111 1111 1111");
+    }
+}
+
+#[cfg(test)]
+mod sse_tests {
+    //! LLM delta text joined across events: each shape, each entity, split
+    //! over 2–5 events and cut by the network at every byte.
+    use super::*;
+    use agentguard_mask::MaskConfig;
+
+    const EMAIL: &str = "john.doe@example.com";
+    const CARD: &str = "4111 1111 1111 1111";
+    const KEY: &str = "sk-proj-Ab3dEf9hIjKlMn0pQrStUvWx12";
+
+    #[derive(Clone, Copy, Debug)]
+    enum Api {
+        Chat,
+        Anthropic,
+        Responses,
+    }
+
+    const APIS: [Api; 3] = [Api::Chat, Api::Anthropic, Api::Responses];
+
+    fn quoted(s: &str) -> String {
+        serde_json::to_string(s).expect("json")
+    }
+
+    /// A stream as each API sends it: the tokens as deltas of index 0.
+    fn stream(api: Api, tokens: &[&str]) -> String {
+        let mut s = String::new();
+        match api {
+            Api::Chat => {
+                for t in tokens {
+                    s += &format!(
+                        "data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}},\"finish_reason\":null}}]}}\n\n",
+                        quoted(t)
+                    );
+                }
+                s += "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+            }
+            Api::Anthropic => {
+                s += "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m1\",\"content\":[]}}\n\n";
+                s += "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n";
+                for t in tokens {
+                    s += &format!(
+                        "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":{}}}}}\n\n",
+                        quoted(t)
+                    );
+                }
+                s += "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n";
+                s += "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+            }
+            Api::Responses => {
+                for (n, t) in tokens.iter().enumerate() {
+                    s += &format!(
+                        "event: response.output_text.delta\nid: {n}\ndata: {{\"type\":\"response.output_text.delta\",\"item_id\":\"msg_1\",\"output_index\":0,\"content_index\":0,\"delta\":{},\"sequence_number\":{n}}}\n\n",
+                        quoted(t)
+                    );
+                }
+                s += "event: response.output_text.done\ndata: {\"type\":\"response.output_text.done\",\"output_index\":0,\"content_index\":0}\n\n";
+                s += "event: response.completed\ndata: {\"type\":\"response.completed\"}\n\n";
+            }
+        }
+        s
+    }
+
+    /// The delta text of each event, as a client joins it (`None`: an event
+    /// without delta text).
+    fn deltas(api: Api, body: &str) -> Vec<Option<String>> {
+        events(body)
+            .iter()
+            .map(|ev| {
+                let data = ev.lines().find_map(|l| l.strip_prefix("data: "))?;
+                let v: Value = serde_json::from_str(data).ok()?;
+                let t = match api {
+                    Api::Chat => &v["choices"][0]["delta"]["content"],
+                    Api::Anthropic => &v["delta"]["text"],
+                    Api::Responses => &v["delta"],
+                };
+                t.as_str().map(str::to_owned)
+            })
+            .collect()
+    }
+
+    fn events(body: &str) -> Vec<&str> {
+        body.split_inclusive("\n\n").collect()
+    }
+
+    /// Every line of each event but its data: the framing.
+    fn framing(body: &str) -> Vec<Vec<&str>> {
+        events(body)
+            .iter()
+            .map(|e| e.lines().filter(|l| !l.starts_with("data:")).collect())
+            .collect()
+    }
+
+    fn run(
+        e: &Engine,
+        sel: &Selection,
+        chunks: &mut dyn Iterator<Item = &[u8]>,
+    ) -> (String, BTreeMap<String, u32>) {
+        let mut m = EventMasker::new(e, sel, Class::EventStream);
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend(m.push(c));
+        }
+        out.extend(m.finish());
+        (String::from_utf8(out).expect("utf8"), m.findings)
+    }
+
+    /// The whole body at once, and the same output for every cut.
+    fn masked(e: &Engine, sel: &Selection, body: &str) -> (String, BTreeMap<String, u32>) {
+        let b = body.as_bytes();
+        let whole = run(e, sel, &mut std::iter::once(b));
+        for at in 0..=b.len() {
+            let (out, _) = run(e, sel, &mut [&b[..at], &b[at..]].into_iter());
+            assert_eq!(out, whole.0, "cut at {at} changed the output");
+        }
+        let (out, _) = run(e, sel, &mut b.chunks(1));
+        assert_eq!(out, whole.0, "byte-by-byte changed the output");
+        whole
+    }
+
+    /// `text` cut into `n` tokens at spread-out places.
+    fn tokens(text: &str, n: usize) -> Vec<&str> {
+        let mut cuts: Vec<usize> = (1..n).map(|i| i * text.len() / n).collect();
+        cuts.insert(0, 0);
+        cuts.push(text.len());
+        cuts.windows(2).map(|w| &text[w[0]..w[1]]).collect()
+    }
+
+    #[test]
+    fn entity_split_across_events_is_masked() {
+        let e = Engine::new(&MaskConfig::default()).expect("engine");
+        let sel = e.default_selection().clone();
+        for (secret, entity) in [(EMAIL, "email"), (CARD, "card"), (KEY, "openai_key")] {
+            let text = format!("Reach {secret} today.");
+            let want = e.mask_value(&text, &FieldContext::text(), &sel).value;
+            assert_ne!(want, text);
+            for api in APIS {
+                for n in 2..=5 {
+                    // The entity itself is cut into n tokens.
+                    let mut toks = vec!["Reach "];
+                    toks.extend(tokens(secret, n));
+                    toks.push(" today.");
+                    let body = stream(api, &toks);
+                    let (out, findings) = masked(&e, &sel, &body);
+                    let got: String = deltas(api, &out).into_iter().flatten().collect();
+                    assert_eq!(got, want, "{api:?} n={n}\n{out}");
+                    assert!(!out.contains(&secret[..secret.len() - 2]), "{out}");
+                    assert_eq!(findings.get(entity), Some(&1), "{api:?} {findings:?}");
+                    assert_eq!(framing(&out), framing(&body), "{api:?} framing");
+                    if n == 3 {
+                        let crlf = body.replace('\n', "\r\n");
+                        assert_eq!(masked(&e, &sel, &crlf).0, out.replace('\n', "\r\n"));
+                    }
+                    assert_eq!(
+                        deltas(api, &out)
+                            .iter()
+                            .map(Option::is_some)
+                            .collect::<Vec<_>>(),
+                        deltas(api, &body)
+                            .iter()
+                            .map(Option::is_some)
+                            .collect::<Vec<_>>(),
+                        "every event kept"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn joined_deltas_are_the_text_masked_whole() {
+        let e = Engine::new(&MaskConfig::default()).expect("engine");
+        let sel = e.default_selection().clone();
+        // Replacements of other lengths (redact) next to multi-byte text.
+        let text = format!(
+            "é {KEY}ü mail {EMAIL}, 电话 +1 415 555 2671; card {CARD}, key {KEY} — and {EMAIL}"
+        );
+        let want = e.mask_value(&text, &FieldContext::text(), &sel).value;
+        let chars: Vec<char> = text.chars().collect();
+        for size in 1..=9 {
+            let toks: Vec<String> = chars.chunks(size).map(String::from_iter).collect();
+            let toks: Vec<&str> = toks.iter().map(String::as_str).collect();
+            for api in APIS {
+                let body = stream(api, &toks);
+                let b = body.as_bytes();
+                let (out, _) = run(&e, &sel, &mut std::iter::once(b));
+                let (cut, _) = run(&e, &sel, &mut b.chunks(size * 7));
+                assert_eq!(out, cut);
+                let got: String = deltas(api, &out).into_iter().flatten().collect();
+                assert_eq!(got, want, "{api:?} size {size}");
+            }
+        }
+    }
+
+    #[test]
+    fn stream_without_pii_is_byte_identical() {
+        let e = Engine::new(&MaskConfig::default()).expect("engine");
+        let sel = e.default_selection().clone();
+        // Escapes and non-ASCII text as servers write them: kept as written.
+        let toks = [
+            "Hello",
+            ", wor",
+            "ld \u{e9}t\u{e9}",
+            "\n\n- item",
+            " 42",
+            "",
+            " done.",
+        ];
+        for api in APIS {
+            let body = stream(api, &toks).replace("\\n", "\\u000a");
+            let (out, findings) = masked(&e, &sel, &body);
+            assert_eq!(out, body, "{api:?}");
+            assert!(findings.is_empty());
+        }
+        let crlf = stream(Api::Chat, &toks).replace('\n', "\r\n");
+        assert_eq!(masked(&e, &sel, &crlf).0, crlf);
+    }
+
+    #[test]
+    fn done_stays_last_and_a_held_tail_is_flushed() {
+        let e = Engine::new(&MaskConfig::default()).expect("engine");
+        let sel = e.default_selection().clone();
+        let body = stream(Api::Chat, &["mail ", "jane@exam", "ple.org"]);
+        let (out, _) = masked(&e, &sel, &body);
+        assert!(out.ends_with("data: [DONE]\n\n"), "{out}");
+        assert_eq!(out.matches("[DONE]").count(), 1);
+        assert!(!out.contains("jane@"), "{out}");
+
+        // No end event at all: the body's end releases the held text into
+        // the last delta event, which has no blank line either.
+        let body = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"mail jane@exam\"}}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"ple.org ok\"}}]}";
+        let (out, findings) = masked(&e, &sel, body);
+        assert_eq!(events(&out).len(), 2, "{out}");
+        let got: String = deltas(Api::Chat, &out).into_iter().flatten().collect();
+        assert_eq!(got, "mail j***@*******.org ok", "{out}");
+        assert_eq!(findings.get("email"), Some(&1));
+    }
+
+    #[test]
+    fn choices_and_blocks_are_separate_streams() {
+        let e = Engine::new(&MaskConfig::default()).expect("engine");
+        let sel = e.default_selection().clone();
+        // Two choices interleaved: each joins its own text only.
+        let ev = |i: u32, t: &str| {
+            format!(
+                "data: {{\"choices\":[{{\"index\":{i},\"delta\":{{\"content\":{}}}}}]}}\n\n",
+                quoted(t)
+            )
+        };
+        let body = [
+            ev(0, "a john.doe@"),
+            ev(1, "b 4111 1111 "),
+            ev(0, "example.com"),
+            ev(1, "1111 1111"),
+            "data: [DONE]\n\n".to_owned(),
+        ]
+        .concat();
+        let (out, findings) = masked(&e, &sel, &body);
+        assert!(
+            !out.contains("john.doe") && !out.contains("4111 1111 1111"),
+            "{out}"
+        );
+        assert_eq!(findings.get("email"), Some(&1), "{out}");
+        assert_eq!(findings.get("card"), Some(&1), "{out}");
+        assert_eq!(events(&out).len(), 5);
+    }
+
+    #[test]
+    fn other_fields_of_delta_events_are_masked_too() {
+        let e = Engine::new(&MaskConfig::default()).expect("engine");
+        let sel = e.default_selection().clone();
+        let body = "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"output_index\":0,\"content_index\":0,\"delta\":\"to jo\",\"note\":\"x@example.net\"}\n\n\
+            event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"output_index\":0,\"content_index\":0,\"delta\":\"e@example.com\"}\n\n\
+            event: response.output_text.done\ndata: {\"type\":\"response.output_text.done\",\"output_index\":0,\"content_index\":0,\"text\":\"to joe@example.com\"}\n\n";
+        let (out, findings) = masked(&e, &sel, body);
+        assert!(!out.contains("@example."), "{out}");
+        assert_eq!(findings.get("email"), Some(&3), "{out}");
+        let got: String = deltas(Api::Responses, &out).into_iter().flatten().collect();
+        assert_eq!(got, "to j**@*******.com", "{out}");
     }
 }
