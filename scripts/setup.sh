@@ -22,8 +22,9 @@ packages=(
   python3-websockets
   # `cargo xtask vm-test`: guests in qemu, an initramfs of busybox + our binaries.
   qemu-system-x86 busybox-static cpio
-  # `cargo xtask load`: the HTTP load generator.
-  wrk
+  # `cargo xtask load` and `bench http`: the HTTP load generator; `bench
+  # http` also compares HTTPS interception with mitmproxy.
+  wrk mitmproxy
 )
 # kubectl for the HTTP guard's Kubernetes test: Debian's kubernetes-client,
 # unless some other kubectl is already installed (both own /usr/bin/kubectl).
