@@ -69,14 +69,25 @@ pub async fn exec(config: Config, agent: Option<String>, argv: Vec<String>) -> a
             // (and whatever they left running) stay cut off: fail closed.
             let pin = private_pin_dir(&config, me);
             daemon::ensure_bpffs(&pin)?;
-            let mut redirect = Redirect::load(&LoadOptions {
-                proxy_port: port,
-                pin_dir: Some(&pin),
-                dns_resolvers: &config.resolvers,
-                unix_allow: config.unix_sockets.allow_list().as_deref(),
-            })?;
-            let cg = Cgroup::new(&mount, &format!("/agentguard/{agent_name}-{me}"))?;
-            cg.create()?;
+            let loaded = (|| -> anyhow::Result<_> {
+                let redirect = Redirect::load(&LoadOptions {
+                    proxy_port: port,
+                    pin_dir: Some(&pin),
+                    dns_resolvers: &config.resolvers,
+                    unix_allow: config.unix_sockets.allow_list().as_deref(),
+                })?;
+                let cg = Cgroup::new(&mount, &format!("/agentguard/{agent_name}-{me}"))?;
+                cg.create()?;
+                Ok((redirect, cg))
+            })();
+            // Nothing is attached yet: the pinned copies can go.
+            let (mut redirect, cg) = match loaded {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&pin);
+                    return Err(e);
+                }
+            };
             if let Err(e) = redirect.attach(&cg) {
                 let _ = cg.kill_and_remove();
                 let _ = std::fs::remove_dir_all(&pin);

@@ -336,7 +336,8 @@ pub fn live_tails(dir: &Path) -> Vec<(String, u64)> {
 fn next_entry(bytes: &[u8]) -> Option<(Option<Entry>, &[u8])> {
     let len = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?);
     let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
-    if len >= MAX_ENTRY {
+    // Zero length: zero-filled space after a power loss, not an entry.
+    if len == 0 || len >= MAX_ENTRY {
         return None;
     }
     let body = bytes.get(8..8 + len as usize)?;

@@ -734,6 +734,12 @@ fn a_dead_writers_journal_is_replayed_once_past_its_mark() {
     bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4, b'{', b'"']);
     std::fs::write(&segment, bytes).expect("write");
 
+    // And a journal of another dead writer that is all zeroes (power loss
+    // after the file grew, before its pages were written): nothing to
+    // replay, no error.
+    std::fs::write(jdir.join("1-2.lock"), b"").expect("lock");
+    std::fs::write(jdir.join("1-2.000000.journal"), vec![0u8; 4096]).expect("zeroes");
+
     assert_eq!(journal::recover(&jdir, &store).expect("recover"), 1);
     assert_eq!(
         std::fs::read_dir(&jdir).expect("ls").count(),
