@@ -54,6 +54,12 @@ struct Entry {
     writes: Vec<Write>,
 }
 
+/// An entry's sequence number alone (the writes are skipped unparsed).
+#[derive(Deserialize)]
+struct EntrySeq {
+    seq: u64,
+}
+
 pub struct Journal {
     dir: PathBuf,
     id: Arc<str>,
@@ -113,18 +119,22 @@ impl Journal {
             return Ok(None);
         }
         let seq = self.seq + 1;
-        let json = serde_json::to_vec(&EntryRef {
-            seq,
-            writes: records,
-        })?;
-        let len = u32::try_from(json.len())
+        // The header is filled in once the JSON behind it is known.
+        let mut buf = vec![0u8; 8];
+        serde_json::to_writer(
+            &mut buf,
+            &EntryRef {
+                seq,
+                writes: records,
+            },
+        )?;
+        let len = u32::try_from(buf.len() - 8)
             .ok()
             .filter(|&n| n < MAX_ENTRY)
             .ok_or_else(|| io::Error::other("journal entry too large"))?;
-        let mut buf = Vec::with_capacity(json.len() + 8);
-        buf.extend_from_slice(&len.to_le_bytes());
-        buf.extend_from_slice(&crc32fast::hash(&json).to_le_bytes());
-        buf.extend_from_slice(&json);
+        let crc = crc32fast::hash(&buf[8..]);
+        buf[0..4].copy_from_slice(&len.to_le_bytes());
+        buf[4..8].copy_from_slice(&crc.to_le_bytes());
         self.file.write_all(&buf)?;
         self.seq = seq;
         self.segment_bytes += buf.len() as u64;
@@ -255,9 +265,9 @@ fn replay(dir: &Path, id: &str, store: &Store) -> Result<u64, AuditError> {
             continue;
         }
         let mut rest = &bytes[..];
-        while let Some((entry, after)) = next_entry(rest) {
+        while let Some((body, after)) = next_frame(rest) {
             rest = after;
-            let Some(entry) = entry else {
+            let Ok(entry) = serde_json::from_slice::<Entry>(body) else {
                 warn!(
                     "audit journal {}: an entry does not decode; skipped",
                     path.display()
@@ -318,22 +328,23 @@ pub fn live_tails(dir: &Path) -> Vec<(String, u64)> {
         let Ok(bytes) = fs::read(dir.join(last)) else {
             continue;
         };
+        // Only the last entry is decoded: the others are skipped by length.
         let mut rest = &bytes[..];
-        let mut seq = None;
-        while let Some((entry, after)) = next_entry(rest) {
-            seq = entry.map(|e| e.seq).or(seq);
+        let mut last = None;
+        while let Some((body, after)) = next_frame(rest) {
+            last = Some(body);
             rest = after;
         }
-        if let Some(seq) = seq {
-            tails.push((id.to_owned(), seq));
+        if let Some(entry) = last.and_then(|b| serde_json::from_slice::<EntrySeq>(b).ok()) {
+            tails.push((id.to_owned(), entry.seq));
         }
     }
     tails
 }
 
-/// The next framed entry (None inside when its JSON does not decode) and
-/// what follows; None at the end or at a torn or corrupt frame.
-fn next_entry(bytes: &[u8]) -> Option<(Option<Entry>, &[u8])> {
+/// The next entry's JSON and what follows; None at the end or at a torn or
+/// corrupt frame.
+fn next_frame(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     let len = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?);
     let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
     // Zero length: zero-filled space after a power loss, not an entry.
@@ -344,8 +355,5 @@ fn next_entry(bytes: &[u8]) -> Option<(Option<Entry>, &[u8])> {
     if crc32fast::hash(body) != crc {
         return None;
     }
-    Some((
-        serde_json::from_slice(body).ok(),
-        &bytes[8 + len as usize..],
-    ))
+    Some((body, &bytes[8 + len as usize..]))
 }

@@ -68,7 +68,7 @@ pub(super) struct JournalStage {
 pub(super) fn spawn(
     stage: JournalStage,
     w: Writer,
-    committer_rx_tx: mpsc::Sender<Queued>,
+    to_committer: mpsc::Sender<Queued>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let mark = Arc::clone(&w.journal_mark);
     let committer = std::thread::Builder::new()
@@ -80,7 +80,7 @@ pub(super) fn spawn(
         })?;
     std::thread::Builder::new()
         .name("audit-journal".into())
-        .spawn(move || stage.run(committer_rx_tx, committer, &mark))
+        .spawn(move || stage.run(to_committer, committer, &mark))
 }
 
 impl JournalStage {
