@@ -12,6 +12,8 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 # --- Debian packages ---------------------------------------------------------
 packages=(
   iproute2 util-linux procps psmisc curl python3 haproxy dnsmasq-base dnsutils
+  # The escape suite sends ICMP with ping itself (ping sockets, raw sockets).
+  iputils-ping
   postgresql postgresql-client pgbouncer nginx
   # The service tests: systemd-analyze verify, groupadd, setpriv, and a real
   # OpenMetrics parser for the metrics endpoint.

@@ -20,6 +20,14 @@ pub const PROG_CONNECT6: &str = "connect6";
 pub const PROG_SENDMSG4: &str = "sendmsg4";
 pub const PROG_SENDMSG6: &str = "sendmsg6";
 pub const PROG_SOCK_OPS: &str = "sock_ops";
+/// `cgroup/sock_create`: refuses, at `socket()`, every AF_INET/AF_INET6 kind
+/// the data path cannot see (ICMP, raw, SCTP, …).
+pub const PROG_SOCK_CREATE: &str = "sock_create";
+/// Socket kinds the config allows beyond TCP and UDP (`[sockets] allow`).
+pub const MAP_SOCKET_ALLOW: &str = "SOCKET_ALLOW";
+/// Refused socket creations, UDP sends and other connects, for the audit log.
+pub const MAP_SOCKET_REFUSALS: &str = "SOCKET_REFUSALS";
+pub const SOCKET_ALLOW_ENTRIES: u32 = 64;
 
 /// The unix-socket guard (kernel 6.7+): its own object (`agentguard-unix`),
 /// loaded apart so that older kernels run everything else.
@@ -125,6 +133,54 @@ pub struct UnixRefusal {
     pub comm: [u8; 16],
 }
 
+/// An AF_INET/AF_INET6 socket kind as `socket(2)` resolves it. `protocol`
+/// is [`SocketKind::ANY_PROTOCOL`] in an allow entry that covers every
+/// protocol of that family and type (`raw`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SocketKind {
+    pub family: u16,
+    /// `SOCK_STREAM`, `SOCK_DGRAM`, … (without SOCK_NONBLOCK/SOCK_CLOEXEC:
+    /// the kernel strips them before the hook).
+    pub type_: u16,
+    pub protocol: u32,
+}
+
+impl SocketKind {
+    pub const ANY_PROTOCOL: u32 = u32::MAX;
+}
+
+/// Why the kernel refused: at `socket()`, a UDP datagram or connect that is
+/// not DNS to a resolver, or a connect of some other socket type.
+pub mod refusal {
+    pub const SOCKET_CREATE: u32 = 1;
+    pub const UDP: u32 = 2;
+    pub const OTHER_CONNECT: u32 = 3;
+}
+
+/// A refusal the main programs report on `SOCKET_REFUSALS`. Fields are
+/// ordered so that there is no implicit padding (the verifier rejects a
+/// helper reading uninitialised stack).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SocketRefusal {
+    pub cgroup_id: u64,
+    /// One of [`refusal`].
+    pub what: u32,
+    pub tgid: u32,
+    /// The socket's kind (`protocol` is 0 where the hook does not see it).
+    pub kind: SocketKind,
+    /// Destination, for UDP and connects (zero for a refused `socket()`).
+    pub dst: Addr,
+    /// Host byte order.
+    pub dst_port: u16,
+    pub _pad: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: [u8; 16],
+    pub _pad2: u32,
+}
+
 /// Indexes into the per-CPU `COUNTERS` array.
 pub mod counter {
     pub const REDIRECTED_V4: u32 = 0;
@@ -133,7 +189,8 @@ pub mod counter {
     pub const UDP_REFUSED: u32 = 3;
     pub const DNS_ALLOWED: u32 = 4;
     pub const OTHER_REFUSED: u32 = 5;
-    pub const COUNT: u32 = 6;
+    pub const SOCKET_REFUSED: u32 = 6;
+    pub const COUNT: u32 = 7;
     pub const NAMES: [&str; COUNT as usize] = [
         "redirected_v4",
         "redirected_v6",
@@ -141,6 +198,7 @@ pub mod counter {
         "udp_refused",
         "dns_allowed",
         "other_refused",
+        "socket_refused",
     ];
 }
 
@@ -168,4 +226,6 @@ mod user {
     unsafe impl aya::Pod for super::Origin {}
     unsafe impl aya::Pod for super::UnixPath {}
     unsafe impl aya::Pod for super::UnixRefusal {}
+    unsafe impl aya::Pod for super::SocketKind {}
+    unsafe impl aya::Pod for super::SocketRefusal {}
 }

@@ -10,6 +10,13 @@
 //!    by the client's local address and port, which is what the proxy sees as
 //!    the peer of the accepted socket.
 //! 3. `sendmsg4`/`sendmsg6` and the UDP branch of connect: DNS only.
+//! 4. `sock_create` (cgroup/sock_create): at `socket()`, refuse every
+//!    AF_INET/AF_INET6 kind other than TCP and UDP (ICMP "ping" sockets,
+//!    raw sockets, SCTP, UDP-Lite, DCCP, MPTCP, …): the hooks above only see
+//!    TCP and UDP, so anything else would leave the host unseen. The config
+//!    can allow more kinds (`SOCKET_ALLOW`).
+//!
+//! Every refusal is reported on `SOCKET_REFUSALS` for the audit log.
 //!
 //! The daemon pins the maps under its bpffs folder, so a restarted daemon keeps the same maps and
 //! a dead daemon leaves the redirect in place (connects then get "connection
@@ -17,7 +24,10 @@
 #![no_std]
 #![no_main]
 
-use agentguard_common::{Addr, DNS_RESOLVER_ENTRIES, ORIGIN_MAP_ENTRIES, Origin, SockKey, counter};
+use agentguard_common::{
+    Addr, DNS_RESOLVER_ENTRIES, ORIGIN_MAP_ENTRIES, Origin, SOCKET_ALLOW_ENTRIES, SockKey,
+    SocketKind, SocketRefusal, counter, refusal,
+};
 use aya_ebpf::{
     EbpfContext, Global,
     bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock_addr},
@@ -25,9 +35,9 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, generated::bpf_get_socket_cookie,
     },
-    macros::{cgroup_sock_addr, map, sock_ops},
-    maps::{HashMap, LruHashMap, PerCpuArray},
-    programs::{SockAddrContext, SockOpsContext},
+    macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{SockAddrContext, SockContext, SockOpsContext},
 };
 use aya_log_ebpf::{debug, info};
 
@@ -35,6 +45,8 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
 const DNS_PORT: u16 = 53;
 
 /// cgroup/connect and sendmsg return codes: 1 lets the call go on, 0 fails it
@@ -58,6 +70,15 @@ static ORIGINS: LruHashMap<SockKey, Origin> = LruHashMap::with_max_entries(ORIGI
 /// Resolver addresses that UDP port 53 may reach.
 #[map]
 static DNS_RESOLVERS: HashMap<Addr, u8> = HashMap::with_max_entries(DNS_RESOLVER_ENTRIES, 0);
+
+/// Socket kinds beyond TCP and UDP that the config allows.
+#[map]
+static SOCKET_ALLOW: HashMap<SocketKind, u8> = HashMap::with_max_entries(SOCKET_ALLOW_ENTRIES, 0);
+
+/// Refusals, for the daemon's audit log. A full ring drops the report,
+/// never the refusal.
+#[map]
+static SOCKET_REFUSALS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -85,8 +106,8 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
             }
             ALLOW
         }
-        SOCK_DGRAM => udp_verdict(&ctx, dst, port),
-        _ => refuse_other(&ctx),
+        SOCK_DGRAM => udp_verdict(&ctx, sa, dst, port),
+        _ => refuse_other(&ctx, sa, dst, port),
     }
 }
 
@@ -115,8 +136,8 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
             }
             ALLOW
         }
-        SOCK_DGRAM => udp_verdict(&ctx, dst, port),
-        _ => refuse_other(&ctx),
+        SOCK_DGRAM => udp_verdict(&ctx, sa, dst, port),
+        _ => refuse_other(&ctx, sa, dst, port),
     }
 }
 
@@ -127,6 +148,7 @@ pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
     let sa = unsafe { &*ctx.sock_addr };
     udp_verdict(
         &ctx,
+        sa,
         Addr::v4_mapped(sa.user_ip4),
         u16::from_be(sa.user_port as u16),
     )
@@ -138,6 +160,7 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     let sa = unsafe { &*ctx.sock_addr };
     udp_verdict(
         &ctx,
+        sa,
         Addr {
             words: read_ip6(sa),
         },
@@ -222,13 +245,14 @@ fn redirect(ctx: &SockAddrContext, _sa: &bpf_sock_addr, dst: Addr, port: u16, fa
 }
 
 #[inline(always)]
-fn udp_verdict(ctx: &SockAddrContext, dst: Addr, port: u16) -> i32 {
+fn udp_verdict(ctx: &SockAddrContext, sa: &bpf_sock_addr, dst: Addr, port: u16) -> i32 {
     // SAFETY: only read.
     if port == DNS_PORT && unsafe { DNS_RESOLVERS.get(&dst) }.is_some() {
         count(counter::DNS_ALLOWED);
         return ALLOW;
     }
     count(counter::UDP_REFUSED);
+    report(refusal::UDP, kind_of(sa), dst, port);
     info!(
         ctx,
         "udp refused: tgid {} to port {}",
@@ -239,15 +263,88 @@ fn udp_verdict(ctx: &SockAddrContext, dst: Addr, port: u16) -> i32 {
 }
 
 /// Raw and other socket types that reach connect: nothing an agent needs.
+/// (`sock_create` refuses them first; this stays for kinds the config allows.)
 #[inline(always)]
-fn refuse_other(ctx: &SockAddrContext) -> i32 {
+fn refuse_other(ctx: &SockAddrContext, sa: &bpf_sock_addr, dst: Addr, port: u16) -> i32 {
     count(counter::OTHER_REFUSED);
+    report(refusal::OTHER_CONNECT, kind_of(sa), dst, port);
     info!(
         ctx,
         "non-TCP/UDP connect refused: tgid {}",
         (bpf_get_current_pid_tgid() >> 32) as u32
     );
     REFUSE
+}
+
+#[inline(always)]
+fn kind_of(sa: &bpf_sock_addr) -> SocketKind {
+    SocketKind {
+        family: sa.family as u16,
+        type_: sa.type_ as u16,
+        protocol: sa.protocol,
+    }
+}
+
+/// Runs at the end of `socket()` for AF_INET and AF_INET6 only (the kernel
+/// calls this hook from inet_create/inet6_create); other families are
+/// covered, or not, as docs/threat-model.md says. `protocol` is already
+/// resolved (0 has become IPPROTO_TCP / IPPROTO_UDP), so the allow list is
+/// exact: a ping socket is SOCK_DGRAM with IPPROTO_ICMP, and is refused.
+#[cgroup_sock(sock_create)]
+pub fn sock_create(ctx: SockContext) -> i32 {
+    // SAFETY: the kernel hands a valid bpf_sock for the program's lifetime.
+    let sk = unsafe { &*ctx.sock };
+    let kind = SocketKind {
+        family: sk.family as u16,
+        type_: sk.type_ as u16,
+        protocol: sk.protocol,
+    };
+    if socket_allowed(&kind) {
+        return ALLOW;
+    }
+    count(counter::SOCKET_REFUSED);
+    report(refusal::SOCKET_CREATE, kind, Addr::default(), 0);
+    REFUSE
+}
+
+#[inline(always)]
+fn socket_allowed(kind: &SocketKind) -> bool {
+    if kind.family != AF_INET && kind.family != AF_INET6 {
+        // Not reached today; never break AF_UNIX should a kernel start
+        // running the hook for it (the unix guard decides those).
+        return true;
+    }
+    match (u32::from(kind.type_), kind.protocol) {
+        (SOCK_STREAM, IPPROTO_TCP) | (SOCK_DGRAM, IPPROTO_UDP) => return true,
+        _ => {}
+    }
+    let any = SocketKind {
+        protocol: SocketKind::ANY_PROTOCOL,
+        ..*kind
+    };
+    // SAFETY: only read.
+    unsafe { SOCKET_ALLOW.get(kind).is_some() || SOCKET_ALLOW.get(&any).is_some() }
+}
+
+#[inline(always)]
+fn report(what: u32, kind: SocketKind, dst: Addr, dst_port: u16) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let event = SocketRefusal {
+        // SAFETY: helper without arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        what,
+        tgid: (pid_tgid >> 32) as u32,
+        kind,
+        dst,
+        dst_port,
+        _pad: 0,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        _pad2: 0,
+    };
+    let _ = SOCKET_REFUSALS.output::<SocketRefusal>(&event, 0);
 }
 
 #[sock_ops]

@@ -64,6 +64,8 @@ pub struct Config {
     pub audit: Audit,
     #[serde(default)]
     pub unix_sockets: UnixSockets,
+    #[serde(default)]
+    pub sockets: Sockets,
     /// The mask engine's configuration (agentguard-mask `MaskConfig`):
     /// threshold, hash key, default selection, custom patterns, per-target
     /// overrides.
@@ -82,6 +84,9 @@ pub struct Config {
     /// Filled in by `load`: DNS resolvers that UDP port 53 may reach.
     #[serde(skip)]
     pub resolvers: Vec<IpAddr>,
+    /// Filled in by `load`: the socket kinds `[sockets] allow` names.
+    #[serde(skip)]
+    pub socket_allow: Vec<agentguard_common::SocketKind>,
     /// Filled in by `load`: `[control] metrics_listen`, parsed.
     #[serde(skip)]
     pub metrics_addr: Option<SocketAddr>,
@@ -131,6 +136,17 @@ pub struct UnixSockets {
     /// Exact addresses as the agent spells them (a symlink or relative
     /// spelling of one is refused); `@name` for an abstract socket.
     #[serde(default = "default_unix_allow")]
+    pub allow: Vec<Spanned<String>>,
+}
+
+/// AF_INET/AF_INET6 socket kinds beyond TCP and UDP
+/// (`crate::socket_kinds`): refused at `socket()` unless listed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sockets {
+    /// Names from `socket_kinds::NAMES` ("icmp", "icmpv6", "raw", "sctp",
+    /// "udplite", "dccp"). Each is a way off the host the proxy never sees.
+    #[serde(default)]
     pub allow: Vec<Spanned<String>>,
 }
 
@@ -376,12 +392,14 @@ impl Default for Config {
             dns: Dns::default(),
             audit: Audit::default(),
             unix_sockets: UnixSockets::default(),
+            sockets: Sockets::default(),
             mask: agentguard_mask::MaskConfig::default(),
             masker: Masker::default(),
             agents: Vec::new(),
             targets: Vec::new(),
             resolved: Vec::new(),
             resolvers: Vec::new(),
+            socket_allow: Vec::new(),
             metrics_addr: None,
         }
     }
@@ -534,6 +552,22 @@ impl Config {
                     ),
                 ));
             }
+        }
+        self.socket_allow.clear();
+        for entry in &self.sockets.allow {
+            let kinds = crate::socket_kinds::allowed_by(entry.get_ref()).ok_or_else(|| {
+                let known: Vec<&str> = crate::socket_kinds::NAMES.iter().map(|(n, _)| *n).collect();
+                invalid(
+                    entry.span(),
+                    "sockets.allow",
+                    format!(
+                        "`{}` is not a socket kind agentguard knows (one of: {})",
+                        entry.get_ref(),
+                        known.join(", ")
+                    ),
+                )
+            })?;
+            self.socket_allow.extend_from_slice(kinds);
         }
         self.resolvers = match &self.dns.resolvers {
             Some(list) => list

@@ -178,8 +178,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut redirect = Redirect::load(&LoadOptions {
         proxy_port: port,
         pin_dir: Some(&config.bpffs_dir),
-        dns_resolvers: &config.resolvers,
-        unix_allow: config.unix_sockets.allow_list().as_deref(),
+        config: &config,
     })?;
     let (approvals, abandoned) = Approvals::open(
         &config.state_dir,

@@ -73,8 +73,7 @@ pub async fn exec(config: Config, agent: Option<String>, argv: Vec<String>) -> a
                 let redirect = Redirect::load(&LoadOptions {
                     proxy_port: port,
                     pin_dir: Some(&pin),
-                    dns_resolvers: &config.resolvers,
-                    unix_allow: config.unix_sockets.allow_list().as_deref(),
+                    config: &config,
                 })?;
                 let cg = Cgroup::new(&mount, &format!("/agentguard/{agent_name}-{me}"))?;
                 cg.create()?;

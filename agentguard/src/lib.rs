@@ -19,4 +19,6 @@ pub mod pg;
 pub mod policy;
 pub mod proxy;
 pub mod redirect;
+pub mod refusals;
+pub mod socket_kinds;
 pub mod unixguard;

@@ -309,8 +309,7 @@ fn attach(config: &Config, arg: &CgroupArg) -> anyhow::Result<()> {
     let mut redirect = Redirect::load(&LoadOptions {
         proxy_port: port,
         pin_dir: Some(&config.bpffs_dir),
-        dns_resolvers: &config.resolvers,
-        unix_allow: config.unix_sockets.allow_list().as_deref(),
+        config,
     })?;
     redirect.attach(&cg)?;
     println!(

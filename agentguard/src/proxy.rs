@@ -148,8 +148,8 @@ impl Proxy {
         shutdown: watch::Receiver<bool>,
     ) {
         let mut tasks = Vec::new();
-        if let Some(refusals) = self.redirect.unix_refusals() {
-            tasks.push(tokio::spawn(crate::unixguard::audit_refusals(
+        if let Some(refusals) = self.redirect.kernel_refusals() {
+            tasks.push(tokio::spawn(crate::refusals::audit(
                 refusals,
                 self.recorder.clone(),
                 Arc::clone(&self.config),

@@ -12,26 +12,29 @@
 
 use std::{
     fs, io,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     path::{Path, PathBuf},
 };
 
 use agentguard_common::{
     self as common, GLOBAL_PROXY_PORT, MAP_COOKIE_ORIGINS, MAP_COUNTERS, MAP_DNS_RESOLVERS,
-    MAP_ORIGINS, Origin, PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_OPS,
-    SockKey,
+    MAP_ORIGINS, MAP_SOCKET_ALLOW, MAP_SOCKET_REFUSALS, Origin, PROG_CONNECT4, PROG_CONNECT6,
+    PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_CREATE, PROG_SOCK_OPS, SockKey, SocketKind,
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray},
-    programs::{CgroupAttachMode, CgroupSockAddr, SockOps, links::FdLink},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, links::FdLink},
 };
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::{
     bpfsys,
     cgroup::Cgroup,
+    config::Config,
     net,
+    refusals::{self, KernelRefusal},
     unixguard::{self, UnixGuard, UnixGuardError},
 };
 
@@ -39,18 +42,23 @@ use crate::{
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agentguard"));
 
 const SOCK_ADDR_PROGRAMS: [&str; 4] = [PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6];
-pub const ALL_PROGRAMS: [&str; 5] = [
+pub const ALL_PROGRAMS: [&str; 6] = [
     PROG_CONNECT4,
     PROG_CONNECT6,
     PROG_SENDMSG4,
     PROG_SENDMSG6,
     PROG_SOCK_OPS,
+    PROG_SOCK_CREATE,
 ];
-const PINNED_MAPS: [&str; 4] = [
+/// Pinned, so a restarted daemon keeps the same origins, counters and
+/// refusal ring (and a dead one leaves the allow lists in force).
+const PINNED_MAPS: [&str; 6] = [
     MAP_COOKIE_ORIGINS,
     MAP_ORIGINS,
     MAP_DNS_RESOLVERS,
     MAP_COUNTERS,
+    MAP_SOCKET_ALLOW,
+    MAP_SOCKET_REFUSALS,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -88,9 +96,8 @@ pub struct LoadOptions<'a> {
     pub proxy_port: u16,
     /// Some: pinned mode under this folder.
     pub pin_dir: Option<&'a Path>,
-    pub dns_resolvers: &'a [IpAddr],
-    /// Some: guard unix sockets, allowing these (`[unix_sockets]`).
-    pub unix_allow: Option<&'a [String]>,
+    /// DNS resolvers, `[unix_sockets]` and `[sockets]`.
+    pub config: &'a Config,
 }
 
 /// The loaded programs and the origin map the proxy reads.
@@ -104,6 +111,8 @@ pub struct Redirect {
     unix_status: String,
     /// Private mode: the unix guard's links live as long as this value.
     unix_links: Vec<std::os::fd::OwnedFd>,
+    /// Taken by the first `kernel_refusals`.
+    socket_refusals: std::sync::Mutex<Option<RingBuf<MapData>>>,
 }
 
 fn pin_err(path: &Path) -> impl FnOnce(io::Error) -> RedirectError + '_ {
@@ -115,6 +124,27 @@ fn pin_err(path: &Path) -> impl FnOnce(io::Error) -> RedirectError + '_ {
 
 pub fn links_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join("links")
+}
+
+/// Attaches program `$name` (of aya type `$ty`) to the cgroup; with a links
+/// folder, pins its link there.
+macro_rules! attach_one {
+    ($self:ident, $ty:ty, $name:expr, $cgroup:expr, $link_dir:expr) => {{
+        let name: &'static str = $name;
+        let prog: &mut $ty = program(&mut $self.ebpf, name)?;
+        let link_id = prog
+            .attach($cgroup.open()?, CgroupAttachMode::Single)
+            .map_err(|source| RedirectError::Program { name, source })?;
+        if let Some(dir) = $link_dir {
+            let link = prog
+                .take_link(link_id)
+                .map_err(|source| RedirectError::Program { name, source })?;
+            pin_link(
+                FdLink::try_from(link).map_err(|e| link_err(name, e))?,
+                &dir.join(name),
+            )?;
+        }
+    }};
 }
 
 impl Redirect {
@@ -145,10 +175,18 @@ impl Redirect {
             name: PROG_SOCK_OPS,
             source,
         })?;
+        let sock_create: &mut CgroupSock = program(&mut ebpf, PROG_SOCK_CREATE)?;
+        sock_create
+            .load()
+            .map_err(|source| RedirectError::Program {
+                name: PROG_SOCK_CREATE,
+                source,
+            })?;
 
-        let (unix, unix_status) = match opts.unix_allow {
+        let config = opts.config;
+        let (unix, unix_status) = match config.unix_sockets.allow_list() {
             None => (None, "off (unix_sockets.guard = false)".to_owned()),
-            Some(allow) => match UnixGuard::load(allow, opts.pin_dir) {
+            Some(allow) => match UnixGuard::load(&allow, opts.pin_dir) {
                 Ok(guard) => (Some(guard), "active".to_owned()),
                 // Everything else still runs on such a kernel; say so loudly.
                 Err(e) if e.unavailable() => {
@@ -174,7 +212,7 @@ impl Redirect {
         for key in stale {
             let _ = resolvers.remove(&key);
         }
-        for ip in opts.dns_resolvers {
+        for ip in &config.resolvers {
             resolvers
                 .insert(net::to_addr(*ip), 1, 0)
                 .map_err(|source| RedirectError::Map {
@@ -182,6 +220,34 @@ impl Redirect {
                     source,
                 })?;
         }
+
+        let mut allowed: HashMap<&mut MapData, SocketKind, u8> = map(&mut ebpf, MAP_SOCKET_ALLOW)?;
+        // A reused (pinned) map is live: add first, then drop the rest.
+        for kind in &config.socket_allow {
+            allowed
+                .insert(kind, 1, 0)
+                .map_err(|source| RedirectError::Map {
+                    name: MAP_SOCKET_ALLOW,
+                    source,
+                })?;
+        }
+        let stale: Vec<SocketKind> = allowed
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !config.socket_allow.contains(k))
+            .collect();
+        for key in stale {
+            let _ = allowed.remove(&key);
+        }
+        let socket_refusals = ebpf
+            .take_map(MAP_SOCKET_REFUSALS)
+            .ok_or(RedirectError::Missing(MAP_SOCKET_REFUSALS))
+            .and_then(|m| {
+                RingBuf::try_from(m).map_err(|source| RedirectError::Map {
+                    name: MAP_SOCKET_REFUSALS,
+                    source,
+                })
+            })?;
 
         let origins = ebpf
             .take_map(MAP_ORIGINS)
@@ -198,6 +264,7 @@ impl Redirect {
             unix,
             unix_status,
             unix_links: Vec::new(),
+            socket_refusals: std::sync::Mutex::new(Some(socket_refusals)),
         };
         if let Some(dir) = opts.pin_dir {
             redirect.pin_programs(dir)?;
@@ -296,47 +363,20 @@ impl Redirect {
         }
         // Links (kernel 5.7+) always coexist with other programs on the cgroup
         // and its descendants; BPF_F_ALLOW_MULTI on bpf_link_create is EINVAL,
-        // so `Single` (flags 0) is the right mode here.
+        // so `Single` (flags 0) is the right mode here. sock_create goes first:
+        // from then on no socket the data path cannot see can be opened.
+        let link_dir = link_dir.as_deref();
+        attach_one!(self, CgroupSock, PROG_SOCK_CREATE, cgroup, link_dir);
         for name in SOCK_ADDR_PROGRAMS {
-            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            let link_id = prog
-                .attach(cgroup.open()?, CgroupAttachMode::Single)
-                .map_err(|source| RedirectError::Program { name, source })?;
-            if let Some(dir) = &link_dir {
-                let link = prog
-                    .take_link(link_id)
-                    .map_err(|source| RedirectError::Program { name, source })?;
-                pin_link(
-                    FdLink::try_from(link).map_err(|e| link_err(name, e))?,
-                    &dir.join(name),
-                )?;
-            }
+            attach_one!(self, CgroupSockAddr, name, cgroup, link_dir);
         }
-        let prog: &mut SockOps = program(&mut self.ebpf, PROG_SOCK_OPS)?;
-        let link_id = prog
-            .attach(cgroup.open()?, CgroupAttachMode::Single)
-            .map_err(|source| RedirectError::Program {
-                name: PROG_SOCK_OPS,
-                source,
-            })?;
-        if let Some(dir) = &link_dir {
-            let link = prog
-                .take_link(link_id)
-                .map_err(|source| RedirectError::Program {
-                    name: PROG_SOCK_OPS,
-                    source,
-                })?;
-            pin_link(
-                FdLink::try_from(link).map_err(|e| link_err(PROG_SOCK_OPS, e))?,
-                &dir.join(PROG_SOCK_OPS),
-            )?;
-        }
+        attach_one!(self, SockOps, PROG_SOCK_OPS, cgroup, link_dir);
         if let Some(unix) = &self.unix {
             let links = unix
                 .attach(&cgroup.open()?)
                 .map_err(|e| UnixGuardError::Load(format!("attaching to {}: {e}", cgroup.rel)))?;
             for (name, link) in links {
-                match &link_dir {
+                match link_dir {
                     Some(dir) => {
                         let path = dir.join(name);
                         let _ = fs::remove_file(&path);
@@ -350,11 +390,16 @@ impl Redirect {
         Ok(())
     }
 
-    /// The unix-socket refusals the kernel reports, for the audit log (once).
-    pub fn unix_refusals(
-        &self,
-    ) -> Option<tokio::sync::mpsc::Receiver<agentguard_common::UnixRefusal>> {
-        self.unix.as_ref()?.refusals()
+    /// What the kernel programs refused (socket kinds, UDP, unix sockets),
+    /// for the audit log; `None` after the first call.
+    pub fn kernel_refusals(&self) -> Option<mpsc::Receiver<KernelRefusal>> {
+        let ring = self.socket_refusals.lock().ok()?.take()?;
+        let (tx, rx) = mpsc::channel(1024);
+        refusals::spawn_ring_reader(ring, tx.clone(), KernelRefusal::Socket);
+        if let Some(unix) = &self.unix {
+            unix.refusals(tx);
+        }
+        Some(rx)
     }
 
     /// The origin the hook recorded for this accepted connection, removed so

@@ -15,24 +15,19 @@ use std::{
     io,
     os::fd::{AsFd, AsRawFd as _, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::Mutex,
 };
 
 use agentguard_common::{
-    Addr, MAP_UNIX_ALLOW, MAP_UNIX_REFUSALS, Origin, PROG_CONNECT_UNIX, PROG_SENDMSG_UNIX,
-    PROG_UNIX_GUARD, UnixPath, UnixRefusal,
+    MAP_UNIX_ALLOW, MAP_UNIX_REFUSALS, PROG_CONNECT_UNIX, PROG_SENDMSG_UNIX, PROG_UNIX_GUARD,
+    UnixPath,
 };
 use aya::maps::{HashMap, Map, MapData, RingBuf};
-use tokio::sync::{mpsc, watch};
-use tracing::warn;
+use tokio::sync::mpsc;
 
 use crate::{
-    audit::{DecisionRecord, Recorder, RequestSummary},
     bpfsys,
-    config::Config,
-    decide::Decision,
-    identity::{AgentRegistry, Identity},
+    refusals::{self, KernelRefusal},
 };
 
 static UNIX_OBJECT: &[u8] =
@@ -211,42 +206,10 @@ impl UnixGuard {
     }
 
     /// The refusals the kernel reports, once (the proxy audits them).
-    pub fn refusals(&self) -> Option<mpsc::Receiver<UnixRefusal>> {
-        let ring = self.refusals.lock().ok()?.take()?;
-        let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(async move {
-            // SAFETY: the ring buffer owns its fd and keeps it open for as
-            // long as it is registered here (as for the aya-log reader).
-            let Ok(mut fd) = (unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(
-                    ring,
-                    tokio::io::Interest::READABLE,
-                )
-            }) else {
-                return;
-            };
-            loop {
-                let Ok(mut guard) = fd.readable_mut().await else {
-                    return;
-                };
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    if item.len() < std::mem::size_of::<UnixRefusal>() {
-                        continue;
-                    }
-                    // SAFETY: the program writes whole UnixRefusal values;
-                    // the length was checked.
-                    let event =
-                        unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<UnixRefusal>()) };
-                    drop(item);
-                    if tx.send(event).await.is_err() {
-                        return;
-                    }
-                }
-                guard.clear_ready();
-            }
-        });
-        Some(rx)
+    pub fn refusals(&self, tx: mpsc::Sender<KernelRefusal>) {
+        if let Some(ring) = self.refusals.lock().ok().and_then(|mut r| r.take()) {
+            refusals::spawn_ring_reader(ring, tx, KernelRefusal::Unix);
+        }
     }
 }
 
@@ -307,72 +270,6 @@ pub fn display_path(p: &UnixPath) -> String {
     match bytes.split_first() {
         Some((0, name)) => format!("@{}", String::from_utf8_lossy(name)),
         _ => String::from_utf8_lossy(bytes).into_owned(),
-    }
-}
-
-/// Records each refusal the kernel reports as a deny, with who asked.
-pub async fn audit_refusals(
-    mut rx: mpsc::Receiver<UnixRefusal>,
-    recorder: Recorder,
-    config: Arc<Config>,
-    agents: Arc<AgentRegistry>,
-    cgroup_mount: Option<PathBuf>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let event = tokio::select! {
-            _ = shutdown.changed() => {
-                // Refusals already in the ring when the guard stops (an exec
-                // guard's command just exited) are still recorded.
-                while let Ok(Some(event)) =
-                    tokio::time::timeout(Duration::from_millis(100), rx.recv()).await
-                {
-                    record_refusal(event, &recorder, &config, &agents, cgroup_mount.as_deref()).await;
-                }
-                return;
-            }
-            event = rx.recv() => match event {
-                Some(event) => event,
-                None => return,
-            },
-        };
-        record_refusal(event, &recorder, &config, &agents, cgroup_mount.as_deref()).await;
-    }
-}
-
-async fn record_refusal(
-    event: UnixRefusal,
-    recorder: &Recorder,
-    config: &Config,
-    agents: &AgentRegistry,
-    cgroup_mount: Option<&Path>,
-) {
-    {
-        let origin = Origin {
-            dst: Addr::default(),
-            dst_port: 0,
-            family: libc::AF_UNIX as u16,
-            tgid: event.tgid,
-            uid: event.uid,
-            gid: event.gid,
-            cgroup_id: event.cgroup_id,
-            comm: event.comm,
-        };
-        let identity = Identity::resolve(&origin, config, agents, cgroup_mount);
-        let path = display_path(&event.path);
-        let reason = "unix socket not in unix_sockets.allow";
-        warn!(pid = identity.pid, uid = identity.uid, exe = identity.exe.as_deref().unwrap_or(&identity.comm), %path, "refused: {reason}");
-        let record = DecisionRecord::new(
-            None,
-            Some(&identity),
-            None,
-            RequestSummary::Other {
-                summary: format!("unix socket {path}"),
-            },
-            &Decision::deny(reason),
-            Duration::ZERO,
-        );
-        let _ = recorder.decision(record).await;
     }
 }
 

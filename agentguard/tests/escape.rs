@@ -466,3 +466,368 @@ fn unix_socket_connects_are_refused_unless_allowed() {
         assert!(r["identity"]["pid"].as_u64() > Some(1), "{r}");
     }
 }
+
+/// Outside every guard: records the payload of each ICMP / ICMPv6 packet
+/// that reaches loopback (raw sockets see copies of all of them) into the
+/// file named first, one hex line per packet, flushed at once.
+const ICMP_LISTENER: &str = r#"
+import select, socket, sys
+out = open(sys.argv[1], "w")
+v4 = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+v6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+open(sys.argv[1] + ".ready", "w").close()
+while True:
+    for s in select.select([v4, v6], [], [])[0]:
+        out.write(s.recv(65535).hex() + "\n")
+        out.flush()
+"#;
+
+/// Sends an ICMP echo request carrying `token` every way a process can:
+/// ping sockets (v4, v6), raw sockets (v4, v6), and creates the other
+/// non-TCP/UDP kinds. One result line each: `NAME sent|created|ERR errno`.
+const ICMP_SENDER: &str = r#"
+import errno, socket, struct, sys
+token = sys.argv[1].encode()
+def cksum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xffff)
+    s += s >> 16
+    return ~s & 0xffff
+def echo(kind):
+    body = struct.pack("!HH", 0x4147, 1) + token
+    head = struct.pack("!BBH", kind, 0, 0)
+    return struct.pack("!BBH", kind, 0, cksum(head + body)) + body
+def try_send(name, family, type_, proto, dst, kind):
+    try:
+        s = socket.socket(family, type_, proto)
+        s.sendto(echo(kind), (dst, 0))
+        print(name, "sent")
+    except OSError as e:
+        print(name, "ERR", errno.errorcode.get(e.errno, e.errno))
+try_send("ping4", socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP, "127.0.0.1", 8)
+try_send("ping6", socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_ICMPV6, "::1", 128)
+if sys.argv[2] == "root":
+    try_send("raw4", socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP, "127.0.0.1", 8)
+    try_send("raw6", socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6, "::1", 128)
+    for name, args in [
+        ("raw-ip", (socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)),
+        ("udplite", (socket.AF_INET, socket.SOCK_DGRAM, 136)),
+        ("udplite6", (socket.AF_INET6, socket.SOCK_DGRAM, 136)),
+        ("mptcp", (socket.AF_INET, socket.SOCK_STREAM, 262)),
+        ("sctp", (socket.AF_INET, socket.SOCK_STREAM, 132)),
+        ("sctp-seq", (socket.AF_INET, socket.SOCK_SEQPACKET, 132)),
+        ("dccp", (socket.AF_INET, 6, 33)),
+    ]:
+        try:
+            socket.socket(*args).close()
+            print(name, "created")
+        except OSError as e:
+            print(name, "ERR", errno.errorcode.get(e.errno, e.errno))
+"#;
+
+/// `net.ipv4.ping_group_range` widened to every group (systemd's own
+/// default), restored on drop. Held by one test at a time: another's
+/// restore must not narrow it under this one.
+struct PingRange {
+    old: String,
+    _held: std::sync::MutexGuard<'static, ()>,
+}
+
+static PING_RANGE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl PingRange {
+    const PATH: &str = "/proc/sys/net/ipv4/ping_group_range";
+
+    fn widen() -> Self {
+        let held = PING_RANGE.lock().unwrap_or_else(|e| e.into_inner());
+        let old = std::fs::read_to_string(Self::PATH).expect("ping_group_range");
+        std::fs::write(Self::PATH, "0 2147483647").expect("widen ping_group_range");
+        Self {
+            old: old.split_whitespace().collect::<Vec<_>>().join(" "),
+            _held: held,
+        }
+    }
+}
+
+impl Drop for PingRange {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.old);
+    }
+}
+
+/// The ICMP listener, and what it has seen.
+struct IcmpListener {
+    _child: Killed,
+    file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl IcmpListener {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("icmp.seen");
+        let child = Killed(
+            Command::new(PYTHON)
+                .args(["-c", ICMP_LISTENER])
+                .arg(&file)
+                .spawn()
+                .expect("icmp listener"),
+        );
+        let ready = dir.path().join("icmp.seen.ready");
+        wait_for("icmp listener", Duration::from_secs(10), || ready.exists());
+        Self {
+            _child: child,
+            file,
+            _dir: dir,
+        }
+    }
+
+    /// Whether a packet carrying `token` arrived (waiting a little for it:
+    /// loopback delivers at once, so a short wait is plenty).
+    fn saw(&self, token: &str) -> bool {
+        let hex: String = token.bytes().map(|b| format!("{b:02x}")).collect();
+        let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+        loop {
+            let seen = std::fs::read_to_string(&self.file).unwrap_or_default();
+            if seen.contains(&hex) {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn results(out: &str) -> std::collections::BTreeMap<String, String> {
+    out.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// The sender's argv, as root or as nobody (through setpriv).
+fn sender(token: &str, root: bool) -> Vec<String> {
+    let mut argv: Vec<String> = Vec::new();
+    if !root {
+        argv.extend(
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ]
+            .map(String::from),
+        );
+    }
+    argv.extend([
+        PYTHON.to_owned(),
+        "-c".to_owned(),
+        ICMP_SENDER.to_owned(),
+        token.to_owned(),
+        if root { "root" } else { "nobody" }.to_owned(),
+    ]);
+    argv
+}
+
+/// `ping` itself (iputils: a ping socket, or a raw one with CAP_NET_RAW),
+/// the token as its payload pattern.
+fn ping_argv(token: &str) -> Vec<String> {
+    let hex: String = token.bytes().take(16).map(|b| format!("{b:02x}")).collect();
+    ["ping", "-c", "1", "-W", "1", "-p", &hex, "127.0.0.1"]
+        .map(String::from)
+        .to_vec()
+}
+
+#[test]
+fn icmp_and_other_socket_kinds_are_refused_at_creation() {
+    require_root();
+    let _range = PingRange::widen();
+    let listener = IcmpListener::start();
+    let t = tag();
+
+    // Outside the guard every attempt gets through, so the checks below
+    // can fail.
+    let mut outside = std::collections::BTreeMap::new();
+    for root in [true, false] {
+        let token = format!("ag-out-{}-{t}", if root { "r" } else { "n" });
+        let out = Command::new(&sender(&token, root)[0])
+            .args(&sender(&token, root)[1..])
+            .output()
+            .expect("sender");
+        let got = results(&stdout(&out));
+        for name in ["ping4", "ping6"] {
+            assert_eq!(
+                got.get(name).map(String::as_str),
+                Some("sent"),
+                "outside, root={root}: {got:?} {}",
+                stderr(&out)
+            );
+        }
+        assert!(
+            listener.saw(&token),
+            "the listener must see packets from outside the guard ({token})"
+        );
+        if root {
+            outside = got;
+        }
+    }
+    let ping_token = format!("agpo{}", &t[..t.len().min(10)]);
+    let ping = Command::new("ping")
+        .args(&ping_argv(&ping_token)[1..])
+        .output()
+        .expect("ping");
+    assert!(
+        ping.status.success(),
+        "ping outside the guard: {}",
+        stderr(&ping)
+    );
+    assert!(listener.saw(&ping_token), "ping's packet outside the guard");
+
+    // Inside `agentguard exec`: every kind but TCP and UDP is refused.
+    let config = TestConfig::new("");
+    let check_inside = |who: &str, got: &std::collections::BTreeMap<String, String>, log: &str| {
+        for (name, outcome) in &outside {
+            if who == "nobody" && !got.contains_key(name) {
+                continue;
+            }
+            if outcome == "ERR EPROTONOSUPPORT" || outcome == "ERR ESOCKTNOSUPPORT" {
+                // The kernel has no such protocol here (no sctp module,
+                // say): nothing to escape through.
+                continue;
+            }
+            assert_eq!(
+                got.get(name).map(String::as_str),
+                Some("ERR EPERM"),
+                "{who}: {name} must be refused inside the guard (outside: {outcome}): {got:?}\n{log}"
+            );
+        }
+    };
+    for root in [true, false] {
+        let who = if root { "root" } else { "nobody" };
+        let token = format!("ag-in-{who}-{t}");
+        let argv = sender(&token, root);
+        let out = exec(&config, &args(&argv));
+        let (o, e) = (stdout(&out), stderr(&out));
+        let got = results(&o);
+        assert_eq!(
+            got.get("ping4").map(String::as_str),
+            Some("ERR EPERM"),
+            "{who}: {o}\n{e}"
+        );
+        check_inside(who, &got, &e);
+        assert!(
+            !listener.saw(&token),
+            "{who}: an ICMP packet left the guard: {o}\n{e}"
+        );
+    }
+    let ping_in = format!("agpi{}", &t[..t.len().min(10)]);
+    let out = exec(&config, &args(&ping_argv(&ping_in)));
+    assert!(
+        !out.status.success(),
+        "ping inside the guard must fail: {}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("Operation not permitted"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!listener.saw(&ping_in), "ping's packet left the guard");
+
+    // Each refusal is audited with who asked.
+    let denied = audited_denials(&config, "socket kind AF_INET SOCK_DGRAM icmp");
+    assert!(
+        denied.iter().any(|r| r["identity"]["uid"] == 0),
+        "root's ping socket audited: {denied:?}"
+    );
+    assert!(
+        denied.iter().any(|r| r["identity"]["uid"] == 65534),
+        "nobody's ping socket audited: {denied:?}"
+    );
+    assert!(
+        !audited_denials(&config, "socket kind AF_INET SOCK_RAW icmp").is_empty(),
+        "raw socket audited"
+    );
+
+    // `[sockets] allow = ["icmp"]` lets ping sockets (only) through.
+    let allowing = TestConfig::new("[sockets]\nallow = [\"icmp\"]\n");
+    let token = format!("ag-allowed-{t}");
+    let out = exec(&allowing, &args(&sender(&token, true)));
+    let got = results(&stdout(&out));
+    assert_eq!(
+        got.get("ping4").map(String::as_str),
+        Some("sent"),
+        "{got:?}\n{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        got.get("raw4").map(String::as_str),
+        Some("ERR EPERM"),
+        "{got:?}"
+    );
+    assert!(
+        listener.saw(&token),
+        "an allowed ping socket reaches the host"
+    );
+}
+
+#[test]
+fn icmp_is_refused_under_the_daemon_too() {
+    require_root();
+    let _range = PingRange::widen();
+    let listener = IcmpListener::start();
+    let t = tag();
+    let setup = common::daemon::Setup::new("icmp", "", true, "");
+    let (_daemon, log) = setup.start_daemon("daemon.log");
+    for root in [true, false] {
+        let who = if root { "root" } else { "nobody" };
+        let token = format!("ag-daemon-{who}-{t}");
+        let cmd = setup.in_cgroup(&sender(&token, root));
+        let out = run_with_timeout(cmd, Duration::from_secs(30));
+        let got = results(&stdout(&out));
+        for name in ["ping4", "ping6"] {
+            assert_eq!(
+                got.get(name).map(String::as_str),
+                Some("ERR EPERM"),
+                "{who}: {got:?} {}",
+                stderr(&out)
+            );
+        }
+        if root {
+            assert_eq!(
+                got.get("raw4").map(String::as_str),
+                Some("ERR EPERM"),
+                "{got:?}"
+            );
+        }
+        assert!(
+            !listener.saw(&token),
+            "{who}: an ICMP packet left the daemon's guard"
+        );
+    }
+    let ping_in = format!("agpd{}", &t[..t.len().min(10)]);
+    let out = run_with_timeout(
+        setup.in_cgroup(&ping_argv(&ping_in)),
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success(), "ping in the agent cgroup must fail");
+    assert!(
+        !listener.saw(&ping_in),
+        "ping's packet left the daemon's guard"
+    );
+    wait_for("audited socket refusal", Duration::from_secs(10), || {
+        audited_denials(&setup.config, "socket kind AF_INET SOCK_DGRAM icmp")
+            .iter()
+            .any(|r| r["identity"]["uid"] == 65534)
+    });
+    let st = setup.status();
+    assert!(
+        st.contains("socket_refused"),
+        "status counts socket refusals: {st}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}

@@ -59,6 +59,10 @@ enum Command {
         /// Join this cgroup first.
         #[arg(long)]
         cgroup: Option<PathBuf>,
+        /// Instead of a TCP connect, send an ICMP echo request from this
+        /// kind of socket: `ping` (SOCK_DGRAM) or `raw`.
+        #[arg(long)]
+        icmp: Option<String>,
         addr: std::net::SocketAddr,
     },
 }
@@ -86,7 +90,9 @@ fn main() -> anyhow::Result<()> {
         Command::Load(args) => bench::load::load(&workspace_root(), &args),
         Command::VmTest(args) => vm::vm_test(&workspace_root(), &args),
         Command::VmGuest => vm::guest::guest(),
-        Command::VmClient { cgroup, addr } => vm::guest::client(cgroup.as_deref(), addr),
+        Command::VmClient { cgroup, icmp, addr } => {
+            vm::guest::client(cgroup.as_deref(), icmp.as_deref(), addr)
+        }
     }
 }
 

@@ -74,11 +74,16 @@ enum Outcome {
     Failed(String),
 }
 
-/// `vm-client`: join the cgroup (if any), connect, print what happened.
-pub fn client(cgroup: Option<&Path>, addr: SocketAddr) -> anyhow::Result<()> {
+/// `vm-client`: join the cgroup (if any), connect (or send an ICMP echo),
+/// print what happened.
+pub fn client(cgroup: Option<&Path>, icmp: Option<&str>, addr: SocketAddr) -> anyhow::Result<()> {
     if let Some(dir) = cgroup {
         fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
             .with_context(|| format!("cannot join {}", dir.display()))?;
+    }
+    if let Some(kind) = icmp {
+        println!("{}", icmp_echo(kind, addr));
+        return Ok(());
     }
     let line = match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
         Err(e) => format!("ERR {:?}", e.kind()),
@@ -100,12 +105,77 @@ pub fn client(cgroup: Option<&Path>, addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An ICMP echo request to `addr`'s IPv4 address from a ping socket or a
+/// raw one: `sent`, or `ERR errno` (at socket() or sendto()).
+fn icmp_echo(kind: &str, addr: SocketAddr) -> String {
+    let (type_, proto) = match kind {
+        "raw" => (libc::SOCK_RAW, libc::IPPROTO_ICMP),
+        _ => (libc::SOCK_DGRAM, libc::IPPROTO_ICMP),
+    };
+    let std::net::IpAddr::V4(ip) = addr.ip() else {
+        return "ERR not an IPv4 address".to_owned();
+    };
+    let errno = || std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    // SAFETY: plain socket(2); the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, type_, proto) };
+    if fd < 0 {
+        return format!("ERR {}", errno());
+    }
+    // Echo request, id/seq 1, checksum filled in (the kernel fills it for
+    // ping sockets, not for raw ones).
+    let mut packet = *b"\x08\0\0\0\0\x01\0\x01agentguard-vm-check";
+    let sum = packet
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum::<u32>();
+    let sum = !(((sum >> 16) + (sum & 0xffff)) as u16);
+    packet[2..4].copy_from_slice(&sum.to_be_bytes());
+    let dst = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: the buffer and address outlive the call; fd is ours.
+    let sent = unsafe {
+        libc::sendto(
+            fd,
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            std::ptr::from_ref(&dst).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    let result = if sent < 0 {
+        format!("ERR {}", errno())
+    } else {
+        "sent".to_owned()
+    };
+    // SAFETY: closing our own descriptor once.
+    unsafe { libc::close(fd) };
+    result
+}
+
 fn run_client(in_cgroup: bool, addr: SocketAddr) -> anyhow::Result<Outcome> {
+    run_client_with(in_cgroup, None, addr)
+}
+
+fn run_client_with(
+    in_cgroup: bool,
+    icmp: Option<&str>,
+    addr: SocketAddr,
+) -> anyhow::Result<Outcome> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("vm-client");
     if in_cgroup {
         cmd.arg("--cgroup")
             .arg(Path::new(CGROUP_MOUNT).join(CGROUP_REL));
+    }
+    if let Some(kind) = icmp {
+        cmd.arg("--icmp").arg(kind);
     }
     let out = cmd.arg(addr.to_string()).output()?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
@@ -268,6 +338,24 @@ pub fn guest() -> anyhow::Result<()> {
     let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{}", web.addr.port()).parse()?;
     report.check("redirect-v4-mapped", expect_redirected(&web, mapped));
     report.check("undeclared-denied", expect_refused(&other, other.addr));
+    // ICMP: with ping sockets open to every group (systemd's default), a
+    // ping socket and a raw socket work outside the cgroup and are refused
+    // at socket() inside it.
+    fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")?;
+    for kind in ["ping", "raw"] {
+        let outside = run_client_with(false, Some(kind), web.addr)?;
+        let inside = run_client_with(true, Some(kind), web.addr)?;
+        let eperm = format!("ERR {}", libc::EPERM);
+        report.check(
+            &format!("{kind}-socket-refused"),
+            match (&outside, &inside) {
+                (Outcome::Failed(o), Outcome::Failed(i)) if o == "sent" && *i == eperm => {
+                    Ok(format!("outside: {o}, inside: {i}"))
+                }
+                _ => Err(anyhow::anyhow!("outside: {outside:?}, inside: {inside:?}")),
+            },
+        );
+    }
     let proxy: SocketAddr = "127.0.0.1:15001".parse()?;
     report.check(
         "proxy-port-direct",
