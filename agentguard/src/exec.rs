@@ -164,19 +164,20 @@ async fn run_child(cg: &Cgroup, program: &str, args: &[String]) -> anyhow::Resul
         .open(cg.procs_path())
         .with_context(|| format!("cannot open {}", cg.procs_path().display()))?;
     let procs_fd = procs.as_raw_fd();
+    let filter = crate::sandbox::filter()?;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args);
-    // SAFETY: only write(2) between fork and exec, on an fd opened before the
-    // fork. The child joins the cgroup before it runs a single instruction of
-    // the command, so nothing it does escapes the guard.
+    // SAFETY: only write(2), seccomp(2) and prctl(2) between fork and exec,
+    // on an fd and a filter made before the fork. The child joins the cgroup
+    // and takes the filter before it runs a single instruction of the
+    // command, so nothing it does escapes the guard.
     unsafe {
         cmd.pre_exec(move || {
             let n = libc::write(procs_fd, b"0".as_ptr().cast(), 1);
-            if n == 1 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
+            if n != 1 {
+                return Err(std::io::Error::last_os_error());
             }
+            crate::sandbox::install(&filter)
         });
     }
     let mut child = cmd

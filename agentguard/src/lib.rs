@@ -20,5 +20,6 @@ pub mod policy;
 pub mod proxy;
 pub mod redirect;
 pub mod refusals;
+pub mod sandbox;
 pub mod socket_kinds;
 pub mod unixguard;

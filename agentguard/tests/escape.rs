@@ -12,11 +12,11 @@ use common::{pg::*, *};
 const URING_ENV: &str = "AGENTGUARD_TEST_URING_TO";
 
 /// Not a test on its own: the io_uring client that
-/// `io_uring_connect_is_redirected` runs inside `agentguard exec` (this same
-/// test binary, run again with `--ignored`). Every socket call it makes goes
+/// `io_uring_is_refused_in_exec_and_redirected_under_the_daemon` runs in a
+/// guard (this same test binary, run again with `--ignored`). Every socket call it makes goes
 /// through the ring: connect, then recv.
 #[test]
-#[ignore = "helper: run inside the guard by io_uring_connect_is_redirected"]
+#[ignore = "helper: run by io_uring_is_refused_in_exec_and_redirected_under_the_daemon"]
 fn io_uring_client() {
     use io_uring::{IoUring, opcode, types};
     use std::os::fd::AsRawFd as _;
@@ -59,22 +59,26 @@ fn io_uring_client() {
     }
 }
 
-/// Runs the io_uring helper inside the guard against `dst`; its result line.
-fn uring_connect(config: &TestConfig, dst: SocketAddr) -> (String, String) {
+/// The io_uring helper's argv: this test binary, run again.
+fn uring_argv() -> Vec<String> {
     let me = std::env::current_exe().expect("test binary");
-    let mut cmd = Command::new(bin());
-    cmd.arg("--config")
-        .arg(config.path())
-        .args(["exec", "--"])
-        .arg(me)
-        .args([
+    let mut argv = vec![me.display().to_string()];
+    argv.extend(
+        [
             "--ignored",
             "--exact",
             "io_uring_client",
             "--nocapture",
             "--test-threads=1",
-        ])
-        .env(URING_ENV, dst.to_string());
+        ]
+        .map(String::from),
+    );
+    argv
+}
+
+/// Runs the io_uring helper against `dst`; its result line and stderr.
+fn uring_connect(mut cmd: Command, dst: SocketAddr) -> (String, String) {
+    cmd.env(URING_ENV, dst.to_string());
     let out = run_with_timeout(cmd, Duration::from_secs(60));
     let (o, e) = (stdout(&out), stderr(&out));
     // The harness prints "test io_uring_client ... " on the same line.
@@ -86,16 +90,33 @@ fn uring_connect(config: &TestConfig, dst: SocketAddr) -> (String, String) {
     (line, e)
 }
 
+/// Under `exec` a ring cannot even be set up: its IORING_OP_SOCKET would
+/// make sockets that exec's seccomp filter on socket families never sees.
+/// Under the daemon (no filter: the agent was started by someone else),
+/// the ring's connect runs the same cgroup hook as connect(2).
 #[test]
-fn io_uring_connect_is_redirected() {
+fn io_uring_is_refused_in_exec_and_redirected_under_the_daemon() {
     require_root();
     let allowed = PeerServer::start("127.0.0.1:0");
     let other = PeerServer::start("127.0.0.1:0");
-    let config = TestConfig::new(&target("web", allowed.addr));
 
-    let (line, log) = uring_connect(&config, allowed.addr);
+    let config = TestConfig::new(&target("web", allowed.addr));
+    let mut cmd = Command::new(bin());
+    cmd.arg("--config")
+        .arg(config.path())
+        .args(["exec", "--"])
+        .args(uring_argv());
+    let (line, log) = uring_connect(cmd, allowed.addr);
+    assert_eq!(line, "uring-unavailable 1", "EPERM inside exec: {log}");
+    assert!(allowed.peers().is_empty());
+
+    // Outside any guard the ring works here (or the host turned it off,
+    // and there is no vector at all).
+    let argv = uring_argv();
+    let mut outside = Command::new(&argv[0]);
+    outside.args(&argv[1..]);
+    let (line, _) = uring_connect(outside, allowed.addr);
     if let Some(errno) = line.strip_prefix("uring-unavailable ") {
-        // No ring, no vector: only acceptable when the host turned io_uring off.
         let disabled =
             std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").unwrap_or_default();
         assert!(
@@ -107,29 +128,39 @@ fn io_uring_connect_is_redirected() {
         );
         return;
     }
+
+    let setup = common::daemon::Setup::new("uring", "", true, &target("web", allowed.addr));
+    let (_daemon, log) = setup.start_daemon("daemon.log");
+    let (line, e) = uring_connect(setup.in_cgroup(&uring_argv()), allowed.addr);
     let peer = line
         .strip_prefix("uring-connect peer=")
-        .unwrap_or_else(|| panic!("an allowed target must answer: {line}\n{log}"));
-    assert!(
-        allowed_lines(&log)
-            .iter()
-            .any(|l| field(l, "upstream_local") == Some(peer)),
-        "an io_uring connect must go through the proxy: {line}\n{log}"
+        .unwrap_or_else(|| panic!("an allowed target must answer: {line}\n{e}"))
+        .to_owned();
+    wait_for(
+        "the daemon logs the ring's connect",
+        Duration::from_secs(10),
+        || {
+            allowed_lines(&std::fs::read_to_string(&log).unwrap_or_default())
+                .iter()
+                .any(|l| field(l, "upstream_local") == Some(&peer))
+        },
     );
 
-    let (line, log) = uring_connect(&config, other.addr);
-    assert!(line.starts_with("uring-connect ERR"), "{line}\n{log}");
+    let (line, e) = uring_connect(setup.in_cgroup(&uring_argv()), other.addr);
+    assert!(line.starts_with("uring-connect ERR"), "{line}\n{e}");
     assert!(
         other.peers().is_empty(),
         "the unlisted server must never see a connection"
     );
-    let denied = audited_denials(&config, "not a configured target");
-    let record = denied
-        .iter()
-        .find(|r| r["target"]["port"] == other.addr.port())
-        .unwrap_or_else(|| panic!("no audited denial for {}: {denied:?}", other.addr));
-    assert_eq!(record["identity"]["uid"], 0, "{record}");
-    assert!(record["identity"]["pid"].as_u64() > Some(1), "{record}");
+    wait_for(
+        "the refused ring connect is audited",
+        Duration::from_secs(10),
+        || {
+            audited_denials(&setup.config, "not a configured target")
+                .iter()
+                .any(|r| r["target"]["port"] == other.addr.port() && r["identity"]["uid"] == 0)
+        },
+    );
 }
 
 /// A cgroup of the test's own beside the guarded one, removed on drop.
@@ -829,5 +860,60 @@ fn icmp_is_refused_under_the_daemon_too() {
         st.contains("socket_refused"),
         "status counts socket refusals: {st}\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
+/// Families no cgroup hook sees. AF_VSOCK reaches the hypervisor on VM
+/// hosts (this CI host is one); AF_PACKET and AF_XDP send raw frames as
+/// root. Inside `exec` the seccomp filter refuses them.
+const FAMILIES: &str = r#"
+import errno, socket
+for name, family, type_ in [("vsock", 40, socket.SOCK_STREAM), ("packet", 17, socket.SOCK_RAW),
+                            ("packet-dgram", 17, socket.SOCK_DGRAM), ("xdp", 44, socket.SOCK_RAW),
+                            ("netlink", 16, socket.SOCK_RAW), ("unix", 1, socket.SOCK_STREAM),
+                            ("inet", 2, socket.SOCK_STREAM), ("inet6", 10, socket.SOCK_DGRAM)]:
+    try:
+        socket.socket(family, type_, 0).close()
+        print(name, "created")
+    except OSError as e:
+        print(name, "ERR", errno.errorcode.get(e.errno, e.errno))
+"#;
+
+#[test]
+fn exec_refuses_socket_families_no_cgroup_hook_sees() {
+    require_root();
+    let out = Command::new(PYTHON)
+        .args(["-c", FAMILIES])
+        .output()
+        .expect("python");
+    let outside = results(&stdout(&out));
+    let config = TestConfig::new("");
+    let out = exec(&config, &[PYTHON, "-c", FAMILIES]);
+    let inside = results(&stdout(&out));
+    for kept in ["netlink", "unix", "inet", "inet6"] {
+        assert_eq!(
+            inside.get(kept).map(String::as_str),
+            Some("created"),
+            "{inside:?}\n{}",
+            stderr(&out)
+        );
+    }
+    let mut checked = 0;
+    for refused in ["vsock", "packet", "packet-dgram", "xdp"] {
+        if outside.get(refused).map(String::as_str) != Some("created") {
+            // Not in this kernel: nothing to escape through.
+            eprintln!("{refused}: {:?} outside the guard", outside.get(refused));
+            continue;
+        }
+        assert_eq!(
+            inside.get(refused).map(String::as_str),
+            Some("ERR EPERM"),
+            "{refused}: {inside:?}"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 2,
+        "AF_PACKET is in every Debian kernel: {outside:?}"
     );
 }
