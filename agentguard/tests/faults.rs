@@ -235,14 +235,20 @@ fn unreachable_backend_is_a_clear_refusal() {
 /// Connects from `threads` threads, `count` times each (0: until `stop`
 /// exists); prints `ok=N err=M`.
 const CONNECT_LOOP: &str = r#"
-import os, socket, sys, threading
+import os, socket, sys, threading, time
 port, threads, count, stop = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+# Bounded even when the test that started it dies first: at most 120 s,
+# and not past its test's folder.
+deadline = time.monotonic() + 120
 ok = err = 0
 lock = threading.Lock()
+def running():
+    return (not os.path.exists(stop) and os.path.isdir(os.path.dirname(stop))
+            and time.monotonic() < deadline)
 def run():
     global ok, err
     n = 0
-    while (count == 0 or n < count) and not os.path.exists(stop):
+    while (count == 0 or n < count) and running():
         n += 1
         try:
             s = socket.create_connection(("127.0.0.1", port), timeout=5)
