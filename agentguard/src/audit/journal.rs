@@ -238,6 +238,9 @@ pub fn recover(dir: &Path, store: &Store) -> Result<u64, AuditError> {
     Ok(replayed)
 }
 
+/// Writes per replay transaction.
+const REPLAY_BATCH: usize = 2048;
+
 fn replay(dir: &Path, id: &str, store: &Store) -> Result<u64, AuditError> {
     let mark = store.journal_mark(id)?;
     let prefix = format!("{id}.");
@@ -258,6 +261,24 @@ fn replay(dir: &Path, id: &str, store: &Store) -> Result<u64, AuditError> {
     segments.sort();
     let id: Arc<str> = id.into();
     let mut replayed = 0;
+    // Many entries per transaction, the mark last in each: a crash in the
+    // middle of one leaves the mark before it, so it is replayed again. One
+    // transaction per entry made a restart after a kill under load take
+    // longer than a supervisor waits.
+    let mut batch: Vec<Write> = Vec::new();
+    let mut last = mark;
+    let flush = |batch: &mut Vec<Write>, seq: u64| -> Result<(), AuditError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        batch.push(Write::JournalMark {
+            id: Arc::clone(&id),
+            seq,
+        });
+        store.apply(batch)?;
+        batch.clear();
+        Ok(())
+    };
     for path in &segments {
         let mut bytes = Vec::new();
         if let Err(e) = File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)) {
@@ -277,14 +298,14 @@ fn replay(dir: &Path, id: &str, store: &Store) -> Result<u64, AuditError> {
             if entry.seq <= mark {
                 continue;
             }
-            let mut writes = entry.writes;
-            writes.push(Write::JournalMark {
-                id: Arc::clone(&id),
-                seq: entry.seq,
-            });
-            store.apply(&writes)?;
+            batch.extend(entry.writes);
+            last = entry.seq;
             replayed += 1;
+            if batch.len() >= REPLAY_BATCH {
+                flush(&mut batch, last)?;
+            }
         }
+        flush(&mut batch, last)?;
         if !rest.is_empty() {
             warn!(
                 "audit journal {}: {} bytes of a torn last entry ignored",

@@ -82,12 +82,21 @@ impl Setup {
         let pid = child.id();
         let daemon = Killed(child);
         // A killed daemon leaves its daemon.json behind: wait for this one's.
-        wait_for("daemon ready", Duration::from_secs(20), || {
+        let ready = || {
             fs::read_to_string(&info)
                 .ok()
                 .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
                 .is_some_and(|v| v["pid"].as_u64() == Some(u64::from(pid)))
-        });
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !ready() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for daemon ready; its log:\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         (daemon, log)
     }
 
