@@ -199,13 +199,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Approve { id, grant, reason } => {
             let body =
                 serde_json::json!({ "reason": reason, "for_secs": grant.map(|d| d.as_secs()) });
-            let answer = control::call_json(
-                &config.control_socket(),
-                Method::POST,
-                &format!("/v1/approvals/{id}/approve"),
-                Some(body),
-            )
-            .await?;
+            let answer = control::answer(&config, &id, "approve", body).await?;
             match grant {
                 Some(d) => println!(
                     "approved {id}: {} (and the same kind of request for {})",
@@ -220,11 +214,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Deny { id, reason } => {
-            let answer = control::call_json(
-                &config.control_socket(),
-                Method::POST,
-                &format!("/v1/approvals/{id}/deny"),
-                Some(serde_json::json!({ "reason": reason })),
+            let answer = control::answer(
+                &config,
+                &id,
+                "deny",
+                serde_json::json!({ "reason": reason }),
             )
             .await?;
             println!("denied {id}: {}", answer["request"].as_str().unwrap_or(""));
@@ -351,8 +345,8 @@ fn humantime(d: std::time::Duration) -> String {
 }
 
 async fn approvals(config: &Config, json: bool) -> anyhow::Result<()> {
-    let list =
-        control::call_json(&config.control_socket(), Method::GET, "/v1/approvals", None).await?;
+    // The daemon's holds and those of every `exec` guarding in-process.
+    let list = control::list_approvals(config).await?;
     if json {
         println!("{list}");
         return Ok(());
@@ -453,6 +447,14 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         None => println!(
             "daemon:    not running — attached cgroups have their connections refused (fail closed)"
         ),
+    }
+    let execs = control::exec_sockets(&config.run_dir);
+    if !execs.is_empty() {
+        println!(
+            "exec:      {} in-process guard(s) (`agentguard exec`) answer approvals on {}",
+            execs.len(),
+            config.run_dir.join("exec").display()
+        );
     }
     println!("bpffs:     {}", config.bpffs_dir.display());
     println!("state:     {}", config.state_dir.display());
