@@ -45,6 +45,12 @@ enum Command {
         /// Agent name (one from the config, or any name with no daemon).
         #[arg(long)]
         agent: Option<String>,
+        /// Log lines on stderr (the command's): -v info, -vv debug, -vvv
+        /// trace; by default only warnings that are not about one request
+        /// (the client shows its refusals). AGENTGUARD_LOG (a tracing filter
+        /// such as `info,agentguard::pg=debug`) overrides it.
+        #[arg(short, long, action = clap::ArgAction::Count)]
+        verbose: u8,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
@@ -141,7 +147,7 @@ impl CgroupArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTGUARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log(&cli)));
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -164,6 +170,23 @@ fn main() -> ExitCode {
             eprintln!("agentguard: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Without AGENTGUARD_LOG: info for the daemon, warnings for the CLI.
+fn default_log(cli: &Cli) -> &'static str {
+    match &cli.command {
+        Command::Run => "info",
+        Command::Exec { verbose, .. } => match verbose {
+            // exec's stderr is the guarded command's: a client already
+            // shows each refusal in its own protocol, so per-request lines
+            // stay out; a hold still says how to answer it.
+            0 => "warn,agentguard::proxy=error,agentguard::pg=error,agentguard::http=error",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        },
+        _ => "warn",
     }
 }
 
@@ -191,7 +214,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     }
     match cli.command {
         Command::Run => daemon::run(config).await.map(|()| 0),
-        Command::Exec { agent, command } => exec::exec(config, agent, command).await,
+        Command::Exec { agent, command, .. } => exec::exec(config, agent, command).await,
         Command::Attach(arg) => attach(&config, &arg).map(|()| 0),
         Command::Detach(arg) => detach(&config, &arg).map(|()| 0),
         Command::Status { json } => status(&config, json).await.map(|()| 0),
