@@ -146,15 +146,22 @@ impl Drop for HoldGuard<'_> {
 }
 
 impl Approvals {
-    /// For tests and `exec` without persistence.
-    pub fn in_memory(timeout: Duration) -> Self {
+    /// For `exec` without a daemon: nothing persisted (the held connections
+    /// end with the exec). Ids are seeded from the pid and the clock, so the
+    /// holds of two execs running side by side have different ids.
+    pub fn in_memory(
+        timeout: Duration,
+        command: Vec<String>,
+        masker: Option<Arc<agentguard_mask::Engine>>,
+    ) -> Self {
+        let seed = unix_now().wrapping_mul(1000) ^ u64::from(std::process::id()).wrapping_mul(7919);
         Self {
             inner: Mutex::default(),
             file: None,
             timeout,
-            command: Vec::new(),
-            masker: None,
-            next: AtomicU64::new(1),
+            command,
+            masker,
+            next: AtomicU64::new(seed & 0xff_ffff),
         }
     }
 

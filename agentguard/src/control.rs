@@ -50,6 +50,8 @@ pub const APPROVE_GROUP: &str = "agentguard-approvers";
 
 pub struct ControlServer {
     pub config: Arc<Config>,
+    /// Where this server listens (the daemon's socket, or an exec's).
+    pub socket: PathBuf,
     pub approvals: Arc<Approvals>,
     pub policy: Arc<PolicyEngine>,
     pub recorder: Recorder,
@@ -248,7 +250,7 @@ impl ControlServer {
             "pid": std::process::id(),
             "port": self.port,
             "uptime_secs": self.started.elapsed().as_secs(),
-            "control_socket": self.config.control_socket(),
+            "control_socket": self.socket,
             "policy": self.policy.state(),
             "audit": self.recorder.stats(),
             "approvals_pending": self.approvals.pending().len(),
@@ -486,6 +488,127 @@ fn metrics_response(text: &str) -> Response<Full<Bytes>> {
     resp
 }
 
+/// Where an `agentguard exec` with no daemon serves its own control socket,
+/// one per exec: `<run_dir>/exec/<pid>.sock`.
+pub fn exec_socket(run_dir: &Path, pid: u32) -> PathBuf {
+    run_dir.join("exec").join(format!("{pid}.sock"))
+}
+
+/// The exec sockets present under run_dir (some may be stale: their exec
+/// was killed), oldest pid first.
+pub fn exec_sockets(run_dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = fs::read_dir(run_dir.join("exec"))
+        .map(|it| {
+            it.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name();
+                    let pid = name.to_str()?.strip_suffix(".sock")?.parse().ok()?;
+                    Some((pid, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found.into_iter().map(|(_, p)| p).collect()
+}
+
+/// Every control socket that answers: the daemon's, then each exec's. A
+/// hold lives in exactly one of them. None: the first real error (say,
+/// permission denied), else the daemon socket's own "not listening".
+async fn live_sockets(config: &Config) -> anyhow::Result<Vec<(PathBuf, UnixStream)>> {
+    let mut live = Vec::new();
+    let mut refused = None;
+    for path in std::iter::once(config.control_socket()).chain(exec_sockets(&config.run_dir)) {
+        match UnixStream::connect(&path).await {
+            Ok(s) => live.push((path, s)),
+            // Not there, or its exec was killed.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) => {}
+            Err(_) => {
+                if refused.is_none() {
+                    refused = Some(path);
+                }
+            }
+        }
+    }
+    if live.is_empty() {
+        let path = refused.unwrap_or_else(|| config.control_socket());
+        connect(&path).await?;
+        bail!("the control socket {} went away", path.display());
+    }
+    Ok(live)
+}
+
+/// `GET /v1/approvals` from the daemon and every exec, merged.
+pub async fn list_approvals(config: &Config) -> anyhow::Result<Value> {
+    let mut pending = Vec::new();
+    let mut grants = Vec::new();
+    for (_, list) in approval_lists(config).await? {
+        pending.extend(list["pending"].as_array().cloned().unwrap_or_default());
+        grants.extend(list["grants"].as_array().cloned().unwrap_or_default());
+    }
+    Ok(json!({ "pending": pending, "grants": grants }))
+}
+
+async fn approval_lists(config: &Config) -> anyhow::Result<Vec<(PathBuf, Value)>> {
+    let mut lists = Vec::new();
+    for (path, stream) in live_sockets(config).await? {
+        let list = request_json(stream, Method::GET, "/v1/approvals", None).await?;
+        lists.push((path, list));
+    }
+    Ok(lists)
+}
+
+/// Approves or denies through whichever socket (daemon or exec) holds `id`.
+pub async fn answer(config: &Config, id: &str, verb: &str, body: Value) -> anyhow::Result<Value> {
+    let lists = approval_lists(config).await?;
+    let holder = lists
+        .iter()
+        .find(|(_, list)| {
+            list["pending"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|h| h["id"] == id))
+        })
+        // Nobody holds it: the first socket says so in its own words.
+        .or(lists.first())
+        .map(|(path, _)| path.clone());
+    let Some(socket) = holder else {
+        bail!("no control socket answered")
+    };
+    call_json(
+        &socket,
+        Method::POST,
+        &format!("/v1/approvals/{id}/{verb}"),
+        Some(body),
+    )
+    .await
+}
+
+async fn connect(socket: &Path) -> anyhow::Result<UnixStream> {
+    match UnixStream::connect(socket).await {
+        Ok(s) => Ok(s),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            bail!(
+                "no agentguard daemon is listening on {} ({e}), and no `agentguard exec` is guarding a command; start the daemon (`systemctl start agentguard` or `agentguard run`), or point --config at its config",
+                socket.display()
+            )
+        }
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => bail!(
+            "permission denied on {}: run as root, or join the group `{READ_GROUP}` (approvers: also `{APPROVE_GROUP}`)",
+            socket.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot connect to {}", socket.display())),
+    }
+}
+
 /// The CLI side: one request to the daemon's control socket. Errors say
 /// what to do next.
 pub async fn call(
@@ -494,25 +617,15 @@ pub async fn call(
     path: &str,
     body: Option<Value>,
 ) -> anyhow::Result<(StatusCode, Bytes)> {
-    let stream = match UnixStream::connect(socket).await {
-        Ok(s) => s,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            bail!(
-                "no agentguard daemon is listening on {} ({e}); start it (`systemctl start agentguard` or `agentguard run`), or point --config at its config",
-                socket.display()
-            )
-        }
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => bail!(
-            "permission denied on {}: run as root, or join the group `{READ_GROUP}` (approvers: also `{APPROVE_GROUP}`)",
-            socket.display()
-        ),
-        Err(e) => return Err(e).with_context(|| format!("cannot connect to {}", socket.display())),
-    };
+    request(connect(socket).await?, method, path, body).await
+}
+
+async fn request(
+    stream: UnixStream,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<(StatusCode, Bytes)> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .context("control socket handshake failed")?;
@@ -540,7 +653,16 @@ pub async fn call_json(
     path: &str,
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
-    let (status, bytes) = call(socket, method, path, body).await?;
+    request_json(connect(socket).await?, method, path, body).await
+}
+
+async fn request_json(
+    stream: UnixStream,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let (status, bytes) = request(stream, method, path, body).await?;
     let value: Value = serde_json::from_slice(&bytes)
         .with_context(|| format!("the daemon answered {status} with something that is not JSON"))?;
     if !status.is_success() {

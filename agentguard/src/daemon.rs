@@ -223,6 +223,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let control = Arc::new(ControlServer {
         config: Arc::clone(&config),
+        socket: config.control_socket(),
         approvals: Arc::clone(&approvals),
         policy: Arc::clone(&policy),
         recorder: recorder.clone(),

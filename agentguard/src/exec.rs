@@ -13,6 +13,7 @@ use crate::{
     audit,
     cgroup::{self, Cgroup},
     config::Config,
+    control::{self, ControlServer},
     daemon,
     identity::AgentRegistry,
     policy::{self, Reloader},
@@ -107,22 +108,54 @@ pub async fn exec(config: Config, agent: Option<String>, argv: Vec<String>) -> a
             // No folder: the built-in "configured targets only" policy.
             let policy = policy::engine_for(&config.policy_dir, None, true);
             let reloader = Reloader::spawn(Arc::clone(&policy), false);
+            let approvals = Arc::new(crate::approvals::Approvals::in_memory(
+                std::time::Duration::from_secs(config.approval_timeout_secs),
+                config.approval_command.clone(),
+                config.masker.0.clone(),
+            ));
+            // Holds are answered here as through the daemon's socket
+            // (`agentguard approvals|approve|deny` find it under run_dir).
+            let socket = control::exec_socket(&config.run_dir, me);
+            let control_listener = match control::bind(&socket) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = cg.kill_and_remove();
+                    let _ = std::fs::remove_dir_all(&pin);
+                    return Err(e);
+                }
+            };
+            let config = Arc::new(config.clone());
+            let control = Arc::new(ControlServer {
+                config: Arc::clone(&config),
+                socket: socket.clone(),
+                approvals: Arc::clone(&approvals),
+                policy: Arc::clone(&policy),
+                recorder: recorder.clone(),
+                port,
+                started: std::time::Instant::now(),
+            });
             let proxy = Arc::new(Proxy::new(
                 Arc::new(redirect),
-                Arc::new(config.clone()),
+                config,
                 policy,
                 agents,
                 port,
                 recorder,
-                // No control socket here: holds can only time out (to deny).
-                Arc::new(crate::approvals::Approvals::in_memory(
-                    std::time::Duration::from_secs(config.approval_timeout_secs),
-                )),
+                Arc::clone(&approvals),
             ));
             let (stop_tx, stop_rx) = watch::channel(false);
-            let task = tokio::spawn(Arc::clone(&proxy).serve(listeners, stop_rx));
-            info!(port, cgroup = %cg.rel, "no daemon running: guarding in-process");
-            private = Some((stop_tx, task, reloader, proxy, audit_writer));
+            let task = tokio::spawn(Arc::clone(&proxy).serve(listeners, stop_rx.clone()));
+            tokio::spawn(control.serve(control_listener, stop_rx));
+            info!(port, cgroup = %cg.rel, control = %socket.display(), "no daemon running: guarding in-process");
+            private = Some(Private {
+                stop: stop_tx,
+                task,
+                _reloader: reloader,
+                proxy,
+                approvals,
+                audit_writer,
+                socket,
+            });
             cg
         }
     };
@@ -132,12 +165,15 @@ pub async fn exec(config: Config, agent: Option<String>, argv: Vec<String>) -> a
     if let Err(e) = cg.kill_and_remove() {
         warn!("could not remove {}: {e}", cg.rel);
     }
-    if let Some((stop, task, _reloader, proxy, audit_writer)) = private {
-        let _ = stop.send(true);
-        let _ = task.await;
+    if let Some(p) = private {
+        let _ = std::fs::remove_file(&p.socket);
+        let _ = p.stop.send(true);
+        let _ = p.task.await;
+        // Nobody can answer now: each hold gets its refusal and record.
+        p.approvals.deny_all();
         // The command's connections are closing: let their last records in.
-        proxy.wait_idle(std::time::Duration::from_secs(2)).await;
-        audit_writer.close().await;
+        p.proxy.wait_idle(std::time::Duration::from_secs(2)).await;
+        p.audit_writer.close().await;
         // The cgroup is gone, so its links are detached; drop the pins.
         let pin = private_pin_dir(&config, me);
         if let Err(e) = std::fs::remove_dir_all(&pin) {
@@ -145,6 +181,17 @@ pub async fn exec(config: Config, agent: Option<String>, argv: Vec<String>) -> a
         }
     }
     result
+}
+
+/// What a daemon-less exec keeps alive until its command is done.
+struct Private {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    _reloader: Reloader,
+    proxy: Arc<Proxy>,
+    approvals: Arc<crate::approvals::Approvals>,
+    audit_writer: audit::AuditWriter,
+    socket: std::path::PathBuf,
 }
 
 /// Beside the daemon's bpffs folder: /sys/fs/bpf/agentguard-exec-PID.

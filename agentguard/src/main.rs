@@ -45,6 +45,12 @@ enum Command {
         /// Agent name (one from the config, or any name with no daemon).
         #[arg(long)]
         agent: Option<String>,
+        /// Log lines on stderr (the command's): -v info, -vv debug, -vvv
+        /// trace; by default only warnings that are not about one request
+        /// (the client shows its refusals). AGENTGUARD_LOG (a tracing filter
+        /// such as `info,agentguard::pg=debug`) overrides it.
+        #[arg(short, long, action = clap::ArgAction::Count)]
+        verbose: u8,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
@@ -141,7 +147,7 @@ impl CgroupArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTGUARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log(&cli)));
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -164,6 +170,23 @@ fn main() -> ExitCode {
             eprintln!("agentguard: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Without AGENTGUARD_LOG: info for the daemon, warnings for the CLI.
+fn default_log(cli: &Cli) -> &'static str {
+    match &cli.command {
+        Command::Run => "info",
+        Command::Exec { verbose, .. } => match verbose {
+            // exec's stderr is the guarded command's: a client already
+            // shows each refusal in its own protocol, so per-request lines
+            // stay out; a hold still says how to answer it.
+            0 => "warn,agentguard::proxy=error,agentguard::pg=error,agentguard::http=error",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        },
+        _ => "warn",
     }
 }
 
@@ -191,7 +214,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     }
     match cli.command {
         Command::Run => daemon::run(config).await.map(|()| 0),
-        Command::Exec { agent, command } => exec::exec(config, agent, command).await,
+        Command::Exec { agent, command, .. } => exec::exec(config, agent, command).await,
         Command::Attach(arg) => attach(&config, &arg).map(|()| 0),
         Command::Detach(arg) => detach(&config, &arg).map(|()| 0),
         Command::Status { json } => status(&config, json).await.map(|()| 0),
@@ -199,13 +222,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Approve { id, grant, reason } => {
             let body =
                 serde_json::json!({ "reason": reason, "for_secs": grant.map(|d| d.as_secs()) });
-            let answer = control::call_json(
-                &config.control_socket(),
-                Method::POST,
-                &format!("/v1/approvals/{id}/approve"),
-                Some(body),
-            )
-            .await?;
+            let answer = control::answer(&config, &id, "approve", body).await?;
             match grant {
                 Some(d) => println!(
                     "approved {id}: {} (and the same kind of request for {})",
@@ -220,11 +237,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Deny { id, reason } => {
-            let answer = control::call_json(
-                &config.control_socket(),
-                Method::POST,
-                &format!("/v1/approvals/{id}/deny"),
-                Some(serde_json::json!({ "reason": reason })),
+            let answer = control::answer(
+                &config,
+                &id,
+                "deny",
+                serde_json::json!({ "reason": reason }),
             )
             .await?;
             println!("denied {id}: {}", answer["request"].as_str().unwrap_or(""));
@@ -350,8 +367,8 @@ fn humantime(d: std::time::Duration) -> String {
 }
 
 async fn approvals(config: &Config, json: bool) -> anyhow::Result<()> {
-    let list =
-        control::call_json(&config.control_socket(), Method::GET, "/v1/approvals", None).await?;
+    // The daemon's holds and those of every `exec` guarding in-process.
+    let list = control::list_approvals(config).await?;
     if json {
         println!("{list}");
         return Ok(());
@@ -452,6 +469,14 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         None => println!(
             "daemon:    not running — attached cgroups have their connections refused (fail closed)"
         ),
+    }
+    let execs = control::exec_sockets(&config.run_dir);
+    if !execs.is_empty() {
+        println!(
+            "exec:      {} in-process guard(s) (`agentguard exec`) answer approvals on {}",
+            execs.len(),
+            config.run_dir.join("exec").display()
+        );
     }
     println!("bpffs:     {}", config.bpffs_dir.display());
     println!("state:     {}", config.state_dir.display());

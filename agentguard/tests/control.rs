@@ -57,30 +57,12 @@ impl Daemon {
         self.setup.cli(args)
     }
 
-    /// `agentguard approvals --json`, pending part.
     fn pending(&self) -> Vec<Value> {
-        let out = self.cli(&["approvals", "--json"]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        let v: Value = serde_json::from_str(&stdout(&out)).expect("json");
-        v["pending"].as_array().cloned().unwrap_or_default()
+        pending(self.config())
     }
 
-    /// Waits for a hold whose request contains `needle`; returns its id.
     fn wait_pending(&self, needle: &str) -> String {
-        let mut id = None;
-        wait_for(
-            &format!("a hold for {needle}"),
-            Duration::from_secs(20),
-            || {
-                id = self
-                    .pending()
-                    .iter()
-                    .find(|p| p["request"].as_str().is_some_and(|r| r.contains(needle)))
-                    .and_then(|p| p["id"].as_str().map(str::to_owned));
-                id.is_some()
-            },
-        );
-        id.expect("pending id")
+        wait_pending(self.config(), needle)
     }
 
     /// A command started inside the agent cgroup, output captured.
@@ -107,6 +89,37 @@ impl Daemon {
     fn config(&self) -> &TestConfig {
         &self.setup.config
     }
+}
+
+fn cli(config: &TestConfig, args: &[&str]) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.arg("--config").arg(config.path()).args(args);
+    run_with_timeout(cmd, Duration::from_secs(30))
+}
+
+/// `agentguard approvals --json`, pending part.
+fn pending(config: &TestConfig) -> Vec<Value> {
+    let out = cli(config, &["approvals", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    v["pending"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits for a hold whose request contains `needle`; returns its id.
+fn wait_pending(config: &TestConfig, needle: &str) -> String {
+    let mut id = None;
+    wait_for(
+        &format!("a hold for {needle}"),
+        Duration::from_secs(20),
+        || {
+            id = pending(config)
+                .iter()
+                .find(|p| p["request"].as_str().is_some_and(|r| r.contains(needle)))
+                .and_then(|p| p["id"].as_str().map(str::to_owned));
+            id.is_some()
+        },
+    );
+    id.expect("pending id")
 }
 
 fn finish(child: Child) -> (String, String, bool) {
@@ -393,6 +406,119 @@ fn approvals_hold_psql_until_a_person_answers() {
     assert_eq!(pg.psql_direct("SELECT count(*) FROM accounts"), "3");
     drop(d);
     let _ = fs::remove_file(&sock);
+}
+
+/// With no daemon, each `agentguard exec` serves its own control socket:
+/// `approvals` lists the holds of every exec, `approve`/`deny` reach the one
+/// holding the id, and the command inside exec is refused like any agent.
+#[test]
+fn exec_without_daemon_answers_approvals_from_another_shell() {
+    require_root();
+    let pg = Pg::start();
+    pg.psql_direct(
+        "CREATE TABLE accounts (id int primary key, balance int); INSERT INTO accounts VALUES (1, 100), (2, 200)",
+    );
+    // The unix-socket guard would stop the agent's connect before the
+    // socket can refuse it; off, the refusal by peer credentials shows.
+    let config = TestConfig::new(&format!(
+        "approval_timeout_secs = 60\n[[targets]]\nname = \"prod-db\"\naddress = \"{}\"\nprotocol = \"postgres\"\nlabels = [\"production\"]\n[unix_sockets]\nguard = false\n",
+        pg.addr()
+    ));
+    let exec_psql = |sql: &str| {
+        let mut cmd = Command::new(bin());
+        cmd.arg("--config")
+            .arg(config.path())
+            .args(["exec", "--"])
+            .arg(pg_bin("psql"))
+            .args(psql_args(pg.port))
+            .args(["-c", sql])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.spawn().expect("exec")
+    };
+    let first = exec_psql("UPDATE accounts SET balance = 110 WHERE id = 1 RETURNING balance");
+    let second = exec_psql("UPDATE accounts SET balance = 220 WHERE id = 2 RETURNING balance");
+    let first_pid = first.id();
+    let sockets = config.dir.path().join("run/exec");
+    wait_for("both exec sockets", Duration::from_secs(20), || {
+        fs::read_dir(&sockets).is_ok_and(|d| d.count() == 2)
+    });
+    let id1 = wait_pending(&config, "SET balance = 110");
+    let id2 = wait_pending(&config, "SET balance = 220");
+    assert_ne!(id1, id2);
+    let table = stdout(&cli(&config, &["approvals"]));
+    assert!(
+        table.contains(&id1) && table.contains(&id2) && table.contains("prod-db"),
+        "{table}"
+    );
+    let status = stdout(&cli(&config, &["status"]));
+    assert!(
+        status.contains("exec:      2 in-process guard(s)"),
+        "{status}"
+    );
+
+    // The command inside exec (root, in exec's cgroup) cannot answer.
+    let cgroup = cgroup2_mount().join(format!("agentguard/exec-{first_pid}"));
+    for args in [vec!["approve", id1.as_str()], vec!["approvals"]] {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec \"$@\"",
+                cgroup.display()
+            ))
+            .arg("sh")
+            .arg(bin())
+            .arg("--config")
+            .arg(config.path())
+            .args(&args);
+        let out = run_with_timeout(cmd, Duration::from_secs(30));
+        assert!(!out.status.success(), "{}", stdout(&out));
+        assert!(
+            stderr(&out).contains("agents cannot use the control socket"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(pending(&config).len(), 2, "both still waiting");
+
+    // Each answer reaches the exec that holds it.
+    let out = cli(&config, &["approve", &id1, "--reason", "ticket 7"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("SET balance = 110"),
+        "{}",
+        stdout(&out)
+    );
+    let out = cli(&config, &["deny", &id2, "--reason", "not now"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (o, e, ok) = finish(first);
+    assert!(ok && o.trim() == "110", "{o}\n{e}");
+    let (o, e, ok) = finish(second);
+    assert!(!ok, "{o}");
+    assert!(e.contains("denied by root") && e.contains("not now"), "{e}");
+    assert_eq!(
+        pg.psql_direct("SELECT balance FROM accounts ORDER BY id"),
+        "110\n200"
+    );
+    // Both execs are done: their sockets went with them.
+    let out = cli(&config, &["approvals"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no `agentguard exec` is guarding a command"),
+        "{}",
+        stderr(&out)
+    );
+    let audit = audit_records(&config);
+    let approved = audit
+        .iter()
+        .find(|r| {
+            r["request"]["sql"]
+                .as_str()
+                .is_some_and(|s| s.contains("balance = 110"))
+        })
+        .unwrap_or_else(|| panic!("no record: {audit:?}"));
+    assert_eq!(approved["approver"], "root (uid 0)", "{approved}");
 }
 
 fn group_gid(name: &str) -> u32 {

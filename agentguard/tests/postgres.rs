@@ -66,6 +66,7 @@ fn psql_session_matches_direct() {
     let config = pg_config(&pg, "");
     let (guarded, err, ok) = guarded_psql(&config, &pg, SESSION);
     assert!(ok, "{guarded}\n{err}");
+    quiet_by_default(&config, &pg);
     pg.psql_direct("DROP TABLE accounts");
     // The same script straight to the server.
     let file = config.dir.path().join("direct.sql");
@@ -81,6 +82,46 @@ fn psql_session_matches_direct() {
     assert!(
         guarded.contains("1|ann|90") && guarded.contains("2|50"),
         "{guarded}"
+    );
+}
+
+/// exec's stderr is the command's: with no -v and no AGENTGUARD_LOG it
+/// carries the command's own output only, so `$(agentguard exec -- psql
+/// -At …) 2>&1` reads what psql printed.
+fn quiet_by_default(config: &TestConfig, pg: &Pg) {
+    let psql = |sql: &str, verbose: bool| {
+        let mut cmd = Command::new(bin());
+        cmd.arg("--config").arg(config.path()).arg("exec");
+        if verbose {
+            cmd.arg("-v");
+        }
+        cmd.arg("--")
+            .arg(pg_bin("psql"))
+            .args(psql_args(pg.port))
+            .args(["-c", sql])
+            .env_remove("AGENTGUARD_LOG");
+        cmd.output().expect("exec")
+    };
+    let out = psql("SELECT count(*) FROM accounts", false);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "4\n");
+    assert_eq!(stderr(&out), "", "no log lines by default");
+    // A refusal: psql prints it, and nothing else is added.
+    let out = psql("DROP TABLE accounts", false);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.starts_with("ERROR:  42501: agentguard:"), "{err}");
+    assert!(
+        !err.contains(" WARN ") && !err.contains("agentguard::"),
+        "only psql's lines: {err}"
+    );
+    // -v brings the log back.
+    let out = psql("SELECT 1", true);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(" INFO ") && stderr(&out).contains("guarding in-process"),
+        "{}",
+        stderr(&out)
     );
 }
 
