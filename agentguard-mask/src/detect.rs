@@ -15,6 +15,16 @@
 //!   continues after the hit. The result at any position depends only on the
 //!   bytes near it (every pattern has a bounded length), which is what lets
 //!   the streaming masker give the same answer as a one-shot scan.
+//! - Where a hit ends is a boundary for whatever starts right there: that
+//!   candidate is judged as if the text began at it (regex `\b`, the
+//!   validators' "what comes before" rules), since the hit's last byte is
+//!   not part of it and is replaced anyway. Without this,
+//!   `…-----END EC PRIVATE KEY-----j.doe@example.com` would leave the
+//!   address for a second pass (`-` before it looks like a longer local
+//!   part).
+//! - A PEM armor line (`-----BEGIN `) is a boundary for everything before
+//!   it: tokens whose alphabet has `-` (JWTs, API keys, a bare password
+//!   value) would otherwise run into it and hide the key behind it.
 
 pub(crate) mod validate;
 
@@ -371,8 +381,12 @@ pub(crate) struct Scanner {
     all: Regex,
     pats: Vec<Pat>,
     anchors: Option<AhoCorasick>,
+    armor: memchr::memmem::Finder<'static>,
     hold: usize,
 }
+
+/// Starts every PEM block (keys, certificates...): no entity runs into it.
+const ARMOR: &[u8] = b"-----BEGIN ";
 
 fn syntax_config() -> syntax::Config {
     // Bytes, not chars: entities are ASCII, and this keeps `\b` ASCII so the
@@ -454,6 +468,7 @@ impl Scanner {
             all: build(MatchKind::All)?,
             pats,
             anchors,
+            armor: memchr::memmem::Finder::new(ARMOR),
             hold: MAX_ENTITY_LEN,
         })
     }
@@ -492,26 +507,49 @@ impl Scanner {
         };
         let mut pos = from;
         let mut set = PatternSet::new(self.pats.len());
+        // The first armor line after `pos` (or the end): candidates are
+        // searched and judged in `hay[..armor]`, as if the text ended there.
+        let mut armor = from;
         while pos < hay.len() {
-            let Some(m) = self.first.search(&Input::new(hay).range(pos..)) else {
-                break;
+            if armor <= pos {
+                armor = self
+                    .armor
+                    .find(&hay[pos + 1..])
+                    .map_or(hay.len(), |p| pos + 1 + p);
+            }
+            // Right after a hit, a candidate at `pos` sees no byte before it.
+            let lo = if pos == floor { pos } else { 0 };
+            let Some(m) = self
+                .first
+                .search(&Input::new(&hay[lo..armor]).range(pos - lo..))
+            else {
+                if armor == hay.len() {
+                    break;
+                }
+                // Nothing before the armor line: what lies before it is final.
+                pos = armor;
+                continue;
             };
-            let s = m.start();
+            let (s, e) = (lo + m.start(), lo + m.end());
             if s >= limit && !eof {
                 break;
             }
+            // Only the candidate at the hit's end is cut off from what
+            // precedes it; one further on sees its neighbours as they are.
+            let lo = if s == lo { lo } else { 0 };
             let primary = Cand {
-                hay,
-                start: s,
-                end: m.end(),
-                eof,
-                floor,
+                hay: &hay[lo..armor],
+                start: s - lo,
+                end: e - lo,
+                eof: eof || armor < hay.len(),
+                floor: floor.max(lo) - lo,
             };
             match self.judge_at(&primary, m.pattern().as_usize(), cx, &mut set) {
-                Judged::Hit(hit, next) => {
+                Judged::Hit(mut hit, next) => {
+                    hit.span = hit.span.start + lo..hit.span.end + lo;
                     floor = hit.span.end;
                     hits.push(hit);
-                    pos = next.max(s + 1);
+                    pos = (next + lo).max(s + 1);
                 }
                 Judged::Nothing => pos = s + 1,
                 Judged::Wait => return s,
