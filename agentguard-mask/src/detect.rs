@@ -824,6 +824,11 @@ fn placeholder(v: &[u8]) -> bool {
             .all(|&b| b == b'*' || b == b'x' || b == b'X' || b == b'.')
         || v.starts_with(b"[REDACTED")
         || crate::strategy::looks_masked(v)
+        // A masked neighbour glued on (`password:` then a hashed PEM block
+        // and more text), or a PEM armor line, masked or not: the key is
+        // its own hit, and the value before its armor was empty.
+        || (v.len() > 20 && crate::strategy::looks_masked(&v[..20]))
+        || v.starts_with(b"-----")
         || v.starts_with(b"$")
         || v.starts_with(b"%")
         || v.starts_with(b"{")

@@ -207,6 +207,7 @@ fn found_cases_by_value() {
         "glpat-r7nNeVBv0T8qSPLtmI85DE64 7671 3767 3325 4859 70".into(),
         "password:A#0\u{1fa80}sk-ant-api03-Ab3Cd7r7nNeVBv0T8qSPLtmI85DLeioqODeuEAP3kDndWrZbM3BjJuQKuhJ57Shlsk9rUyUqxjm2gJu8G0QIQJAiasObVA0@a-a=j+news.garcia@uni.edu".into(),
         "phone:glpat-r7nNeVBv0T8qSPLtmI85xoxb-5703942420-2506272352711-loW33Jdo8BHdLFmWqcPvWg0l".into(),
+        format!("password:{pem}password"),
         // Issue 23, and its mirror image.
         format!("{pem}j+news.garcia@uni.edu"),
         format!("j+news.garcia@uni.edu{pem}"),
