@@ -1326,7 +1326,16 @@ fn phone_intl(c: &Cand) -> Verdict {
     }
     shrinking(c, |c| {
         let t = c.text();
-        if digitish_after(c.hay, c.end) || c.after(0).is_some_and(|b| b.is_ascii_alphanumeric()) {
+        // A last group that runs on with `:`, or with `-./` and a letter,
+        // starts something else (an IPv6 or MAC address, a time):
+        // `+4053395016 2001:db8::1` ends before ` 2001`.
+        let runs_on = c.after(0) == Some(b':')
+            || (c.after(0).is_some_and(|b| b"-./".contains(&b))
+                && c.after(1).is_some_and(|b| b.is_ascii_alphanumeric()));
+        if digitish_after(c.hay, c.end)
+            || c.after(0).is_some_and(|b| b.is_ascii_alphanumeric())
+            || runs_on
+        {
             return Verdict::Reject;
         }
         let opens = t.iter().filter(|&&b| b == b'(').count();
