@@ -1114,8 +1114,11 @@ fn after_group4(c: &Cand) -> bool {
         return false;
     };
     let group = &c.hay[g..c.start - 1];
-    group.iter().all(u8::is_ascii_alphanumeric)
-        && group.iter().any(u8::is_ascii_digit)
+    // `*` counts as what it replaced: `**78` is a group a first pass saw.
+    group
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b == b'*')
+        && group.iter().any(|&b| b.is_ascii_digit() || b == b'*')
         && (g == 0 || !c.hay[g - 1].is_ascii_alphanumeric())
 }
 
