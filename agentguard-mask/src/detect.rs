@@ -628,6 +628,10 @@ impl Scanner {
         match verdict {
             Verdict::Reject => None,
             Verdict::Incomplete => Some(Scored::Wait),
+            // A hash token inside: masked output glued to its neighbours
+            // (`sk-` + a hashed key + `AKIA`), which a first pass did not
+            // see as one value.
+            Verdict::Accept { span, .. } if holds_hash_token(&cand.hay[span.clone()]) => None,
             Verdict::Accept { span, base } => {
                 let score = if base >= STRONG {
                     base
@@ -651,6 +655,11 @@ impl Scanner {
             }
         }
     }
+}
+
+fn holds_hash_token(v: &[u8]) -> bool {
+    memchr::memmem::find_iter(v, b"tok_")
+        .any(|at| v.len() >= at + 20 && crate::strategy::looks_masked(&v[at..at + 20]))
 }
 
 enum Scored {
@@ -824,10 +833,8 @@ fn placeholder(v: &[u8]) -> bool {
             .all(|&b| b == b'*' || b == b'x' || b == b'X' || b == b'.')
         || v.starts_with(b"[REDACTED")
         || crate::strategy::looks_masked(v)
-        // A masked neighbour glued on (`password:` then a hashed PEM block
-        // and more text), or a PEM armor line, masked or not: the key is
-        // its own hit, and the value before its armor was empty.
-        || (v.len() > 20 && crate::strategy::looks_masked(&v[..20]))
+        // A PEM armor line, masked or not: the key is its own hit, and the
+        // value before its armor was empty.
         || v.starts_with(b"-----")
         || v.starts_with(b"$")
         || v.starts_with(b"%")

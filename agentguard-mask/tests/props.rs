@@ -208,6 +208,7 @@ fn found_cases_by_value() {
         "+4053395016 2001:db8::152:4055".into(),
         "+4053395016 24-f6-e1-95-b2-02".into(),
         "437 417 3978 3473-381314-58248".into(),
+        format!("sk-{pem}AKIA"),
         "password:A#0\u{1fa80}sk-ant-api03-Ab3Cd7r7nNeVBv0T8qSPLtmI85DLeioqODeuEAP3kDndWrZbM3BjJuQKuhJ57Shlsk9rUyUqxjm2gJu8G0QIQJAiasObVA0@a-a=j+news.garcia@uni.edu".into(),
         "phone:glpat-r7nNeVBv0T8qSPLtmI85xoxb-5703942420-2506272352711-loW33Jdo8BHdLFmWqcPvWg0l".into(),
         format!("password:{pem}password"),
