@@ -7,6 +7,15 @@
 # the committed corpus stays small) are added to the committed corpus.
 # A crash stops the run (exit 1) and leaves the input in fuzz/artifacts/.
 # Prints libFuzzer's final stats per target (executions, speed).
+#
+# Target `props` (part of "every target" unless AGENTGUARD_FUZZ_PROPS=0, which
+# CI sets) is the mask engine's property tests with fresh random seeds for
+# SECONDS: cargo test runs them with one fixed seed, so CI stays the same on a
+# tree no one changed, and this is where new cases are looked for. Each batch
+# prints its seed; a failure is saved to
+# agentguard-mask/tests/props.proptest-regressions — commit it, and CI replays
+# it from then on. PROPTEST_CASES sets the batch size (default 2000),
+# PROPTEST_RNG_SEED replays one seed.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
@@ -14,10 +23,39 @@ secs="${1:-60}"
 shift || true
 export CARGO_TARGET_DIR="${AGENTGUARD_FUZZ_TARGET_DIR:-$PWD/target}"
 
-cargo +nightly fuzz build -O
+props() {
+  local end=$((SECONDS + secs)) cases="${PROPTEST_CASES:-2000}" seed log
+  log="$CARGO_TARGET_DIR/fuzz-props.log"
+  mkdir -p "$CARGO_TARGET_DIR"
+  local test=(env -u CARGO_TARGET_DIR cargo test -p agentguard-mask --release --test props)
+  echo "== fuzz props (${secs}s, ${cases} cases per seed)"
+  (cd .. && "${test[@]}" --no-run -q)
+  while :; do
+    seed="${PROPTEST_RNG_SEED:-$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')}"
+    echo "  props: PROPTEST_RNG_SEED=$seed PROPTEST_CASES=$cases"
+    if ! (cd .. && PROPTEST_RNG_SEED="$seed" PROPTEST_CASES="$cases" "${test[@]}" -q) >"$log" 2>&1; then
+      grep -a -E 'panicked at|minimal failing input|Test failed' "$log" | head -n 12 || true
+      tail -n 25 "$log"
+      echo "fuzz: props failed with PROPTEST_RNG_SEED=$seed PROPTEST_CASES=$cases; the case is saved in agentguard-mask/tests/props.proptest-regressions" >&2
+      exit 1
+    fi
+    [[ -z "${PROPTEST_RNG_SEED:-}" && $SECONDS -lt $end ]] || break
+  done
+}
+
 targets=("$@")
-((${#targets[@]})) || mapfile -t targets < <(cargo +nightly fuzz list)
+if ((${#targets[@]} == 0)); then
+  mapfile -t targets < <(cargo +nightly fuzz list)
+  [[ "${AGENTGUARD_FUZZ_PROPS:-1}" == 0 ]] || targets+=(props)
+fi
 for t in "${targets[@]}"; do
+  [[ $t == props ]] || { cargo +nightly fuzz build -O; break; }
+done
+for t in "${targets[@]}"; do
+  if [[ $t == props ]]; then
+    props
+    continue
+  fi
   seeds="corpus/$t"
   work="$CARGO_TARGET_DIR/fuzz-corpus/$t"
   mkdir -p "$seeds" "$work"

@@ -15,6 +15,16 @@
 //!   continues after the hit. The result at any position depends only on the
 //!   bytes near it (every pattern has a bounded length), which is what lets
 //!   the streaming masker give the same answer as a one-shot scan.
+//! - Where a hit ends is a boundary for whatever starts right there: that
+//!   candidate is judged as if the text began at it (regex `\b`, the
+//!   validators' "what comes before" rules), since the hit's last byte is
+//!   not part of it and is replaced anyway. Without this,
+//!   `…-----END EC PRIVATE KEY-----j.doe@example.com` would leave the
+//!   address for a second pass (`-` before it looks like a longer local
+//!   part).
+//! - A PEM armor line (`-----BEGIN `) is a boundary for everything before
+//!   it: tokens whose alphabet has `-` (JWTs, API keys, a bare password
+//!   value) would otherwise run into it and hide the key behind it.
 
 pub(crate) mod validate;
 
@@ -371,8 +381,12 @@ pub(crate) struct Scanner {
     all: Regex,
     pats: Vec<Pat>,
     anchors: Option<AhoCorasick>,
+    armor: memchr::memmem::Finder<'static>,
     hold: usize,
 }
+
+/// Starts every PEM block (keys, certificates...): no entity runs into it.
+const ARMOR: &[u8] = b"-----BEGIN ";
 
 fn syntax_config() -> syntax::Config {
     // Bytes, not chars: entities are ASCII, and this keeps `\b` ASCII so the
@@ -454,6 +468,7 @@ impl Scanner {
             all: build(MatchKind::All)?,
             pats,
             anchors,
+            armor: memchr::memmem::Finder::new(ARMOR),
             hold: MAX_ENTITY_LEN,
         })
     }
@@ -492,26 +507,49 @@ impl Scanner {
         };
         let mut pos = from;
         let mut set = PatternSet::new(self.pats.len());
+        // The first armor line after `pos` (or the end): candidates are
+        // searched and judged in `hay[..armor]`, as if the text ended there.
+        let mut armor = from;
         while pos < hay.len() {
-            let Some(m) = self.first.search(&Input::new(hay).range(pos..)) else {
-                break;
+            if armor <= pos {
+                armor = self
+                    .armor
+                    .find(&hay[pos + 1..])
+                    .map_or(hay.len(), |p| pos + 1 + p);
+            }
+            // Right after a hit, a candidate at `pos` sees no byte before it.
+            let lo = if pos == floor { pos } else { 0 };
+            let Some(m) = self
+                .first
+                .search(&Input::new(&hay[lo..armor]).range(pos - lo..))
+            else {
+                if armor == hay.len() {
+                    break;
+                }
+                // Nothing before the armor line: what lies before it is final.
+                pos = armor;
+                continue;
             };
-            let s = m.start();
+            let (s, e) = (lo + m.start(), lo + m.end());
             if s >= limit && !eof {
                 break;
             }
+            // Only the candidate at the hit's end is cut off from what
+            // precedes it; one further on sees its neighbours as they are.
+            let lo = if s == lo { lo } else { 0 };
             let primary = Cand {
-                hay,
-                start: s,
-                end: m.end(),
-                eof,
-                floor,
+                hay: &hay[lo..armor],
+                start: s - lo,
+                end: e - lo,
+                eof: eof || armor < hay.len(),
+                floor: floor.max(lo) - lo,
             };
             match self.judge_at(&primary, m.pattern().as_usize(), cx, &mut set) {
-                Judged::Hit(hit, next) => {
+                Judged::Hit(mut hit, next) => {
+                    hit.span = hit.span.start + lo..hit.span.end + lo;
                     floor = hit.span.end;
                     hits.push(hit);
-                    pos = next.max(s + 1);
+                    pos = (next + lo).max(s + 1);
                 }
                 Judged::Nothing => pos = s + 1,
                 Judged::Wait => return s,
@@ -590,6 +628,10 @@ impl Scanner {
         match verdict {
             Verdict::Reject => None,
             Verdict::Incomplete => Some(Scored::Wait),
+            // A hash token inside: masked output glued to its neighbours
+            // (`sk-` + a hashed key + `AKIA`), which a first pass did not
+            // see as one value.
+            Verdict::Accept { span, .. } if holds_hash_token(&cand.hay[span.clone()]) => None,
             Verdict::Accept { span, base } => {
                 let score = if base >= STRONG {
                     base
@@ -613,6 +655,11 @@ impl Scanner {
             }
         }
     }
+}
+
+fn holds_hash_token(v: &[u8]) -> bool {
+    memchr::memmem::find_iter(v, b"tok_")
+        .any(|at| v.len() >= at + 20 && crate::strategy::looks_masked(&v[at..at + 20]))
 }
 
 enum Scored {
@@ -786,6 +833,9 @@ fn placeholder(v: &[u8]) -> bool {
             .all(|&b| b == b'*' || b == b'x' || b == b'X' || b == b'.')
         || v.starts_with(b"[REDACTED")
         || crate::strategy::looks_masked(v)
+        // A PEM armor line, masked or not: the key is its own hit, and the
+        // value before its armor was empty.
+        || v.starts_with(b"-----")
         || v.starts_with(b"$")
         || v.starts_with(b"%")
         || v.starts_with(b"{")
@@ -1071,8 +1121,11 @@ fn after_group4(c: &Cand) -> bool {
         return false;
     };
     let group = &c.hay[g..c.start - 1];
-    group.iter().all(u8::is_ascii_alphanumeric)
-        && group.iter().any(u8::is_ascii_digit)
+    // `*` counts as what it replaced: `**78` is a group a first pass saw.
+    group
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b == b'*')
+        && group.iter().any(|&b| b.is_ascii_digit() || b == b'*')
         && (g == 0 || !c.hay[g - 1].is_ascii_alphanumeric())
 }
 
@@ -1130,6 +1183,11 @@ fn card(c: &Cand) -> Verdict {
 
 fn iban(c: &Cand) -> Verdict {
     let t = c.text();
+    // Glued to `*`: the kept tail of a masked token (`partial:4` of
+    // `glpat-…DE64` before ` 7671 3767 …`), which a first pass saw as one.
+    if c.before() == Some(b'*') {
+        return Verdict::Reject;
+    }
     let Some(len) = v::iban_len(&t[..2]) else {
         return Verdict::Reject;
     };
@@ -1165,7 +1223,9 @@ fn iban(c: &Cand) -> Verdict {
 }
 
 fn nino(c: &Cand) -> Verdict {
-    if !v::nino_prefix(c.text()) {
+    // `JS 44 43 57 Aj.doe@x.io` masks the address from `A` on, keeping
+    // the `A`: glued to that `*`, the letter is not a NINO's suffix.
+    if !v::nino_prefix(c.text()) || masked_after(c.hay, c.end) {
         return Verdict::Reject;
     }
     c.accept(0.85)
@@ -1276,7 +1336,16 @@ fn phone_intl(c: &Cand) -> Verdict {
     }
     shrinking(c, |c| {
         let t = c.text();
-        if digitish_after(c.hay, c.end) || c.after(0).is_some_and(|b| b.is_ascii_alphanumeric()) {
+        // A last group that runs on with `:`, or with `-./` and a letter,
+        // starts something else (an IPv6 or MAC address, a time):
+        // `+4053395016 2001:db8::1` ends before ` 2001`.
+        let runs_on = c.after(0) == Some(b':')
+            || (c.after(0).is_some_and(|b| b"-./".contains(&b))
+                && c.after(1).is_some_and(|b| b.is_ascii_alphanumeric()));
+        if digitish_after(c.hay, c.end)
+            || c.after(0).is_some_and(|b| b.is_ascii_alphanumeric())
+            || runs_on
+        {
             return Verdict::Reject;
         }
         let opens = t.iter().filter(|&&b| b == b'(').count();

@@ -78,6 +78,11 @@
 //!   regex-matched entity) and PEM blocks / JWTs up to [`MAX_LONG_ENTITY`].
 //!
 //! # Known gaps
+//! - Two values glued together by word characters (`…1111ghp_…`,
+//!   `…@uni.edu4111…`) are one token to the detectors, which need a token
+//!   boundary at both ends; each may be missed. (A hit's end and a PEM
+//!   armor line are boundaries: `…-----END … KEY-----j.doe@example.com`
+//!   masks both.)
 //! - The prefilter skips text with no digit, no `@` and no secret literal;
 //!   an IPv6 or MAC address written without a single digit is missed, and
 //!   so is a key word in mixed case (`PassWord=x`; lower, Capitalised and

@@ -330,3 +330,87 @@ fn secret_named_fields_are_masked_whole() {
         assert_eq!(m.value, "anything at all", "{name}");
     }
 }
+
+const PEM: &str = "-----BEGIN EC PRIVATE KEY-----\nXdAZBN4VecQ/hxiyoBXRaoaYO3Oe0OT7SlnpQT7VILBFNOQqyJdz/GnbicvlC0Co\n-----END EC PRIVATE KEY-----";
+
+/// Issue 23: a value right after a hit (no separator) was judged by the
+/// hit's last byte (`-` before `j+news` reads as a longer local part), and
+/// a token running into `-----BEGIN` hid the key behind it.
+#[test]
+fn entities_back_to_back() {
+    let pk = "[REDACTED:private_key]";
+    let cases = [
+        (
+            format!("{PEM}j+news.garcia@uni.edu"),
+            format!("{pk}[REDACTED:email]"),
+        ),
+        (
+            format!("j+news.garcia@uni.edu{PEM}"),
+            format!("[REDACTED:email]{pk}"),
+        ),
+        (format!("{PEM}{PEM}"), format!("{pk}{pk}")),
+        (
+            format!("1d-1d-57-9d-00-d9{PEM}"),
+            format!("[REDACTED:mac]{pk}"),
+        ),
+        (format!("password={PEM}"), format!("password={pk}")),
+        (
+            format!("glpat-ykESFSI4P18z89BhonYc{PEM}"),
+            format!("[REDACTED:gitlab_token]{pk}"),
+        ),
+        (
+            format!(
+                "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlc2lnbmF0dXJl{PEM}"
+            ),
+            format!("[REDACTED:jwt]{pk}"),
+        ),
+        (
+            format!("{PEM}4111 1111 1111 1111"),
+            format!("{pk}[REDACTED:card]"),
+        ),
+        (
+            "4111-1111-1111-1111+1 415-555-2671".into(),
+            "[REDACTED:card][REDACTED:phone]".into(),
+        ),
+        (
+            "+1 415-555-2671+44 20 7946 0958".into(),
+            "[REDACTED:phone][REDACTED:phone]".into(),
+        ),
+        (
+            "940-65-5541(839) 825-8597".into(),
+            "[REDACTED:itin][REDACTED:phone]".into(),
+        ),
+        (
+            "j.doe@example.com+49 30 90160147".into(),
+            "[REDACTED:email][REDACTED:phone]".into(),
+        ),
+    ];
+    let (e, s) = engine();
+    for (text, want) in &cases {
+        assert_eq!(&red(text), want, "{text:?}");
+        // Every strategy masks them all in one pass: a second changes nothing.
+        for how in ["all=mask", "all=hash", "all=partial:4"] {
+            let sel = e.selection(None, &[how]).unwrap();
+            let once = e.mask_value(text, &FieldContext::text(), &sel);
+            let n = want.matches("[REDACTED:").count();
+            assert_eq!(once.spans(), n, "{how} {text:?} -> {:?}", once.value);
+            let twice = e.mask_value(&once.value, &FieldContext::text(), &sel);
+            assert_eq!(twice.value, once.value, "{how} {text:?}");
+        }
+        // A chunk boundary anywhere, in particular at the join.
+        for cut in 0..=text.len() {
+            if !text.is_char_boundary(cut) {
+                continue;
+            }
+            let mut st = e.stream(&FieldContext::text(), &s);
+            let mut out = st.push(&text.as_bytes()[..cut]);
+            out.extend(st.push(&text.as_bytes()[cut..]));
+            out.extend(st.finish());
+            assert_eq!(
+                &String::from_utf8_lossy(&out),
+                want,
+                "cut at {cut}: {text:?}"
+            );
+        }
+    }
+}
