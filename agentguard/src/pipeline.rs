@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 use crate::{
     approvals::Approvals,
     audit::{DecisionId, DecisionRecord, RequestSummary, SessionHandle},
-    decide::{self, Action, Decide, Decision, Input, Target},
+    decide::{self, Action, Decide, Decision, Input, Prepared, Target},
     identity::Identity,
 };
 
@@ -39,6 +39,8 @@ pub struct Guarded {
     pub target: Target,
     /// The connection's recording.
     pub session: SessionHandle,
+    /// Identity and target as the policy engine encoded them (once).
+    pub prepared: Arc<Prepared>,
 }
 
 /// Which decisions of a request kind get their own record.
@@ -105,8 +107,7 @@ pub enum Verdict {
     Allow {
         /// How to mask the reply (`None` when no engine was given).
         mask: Option<Selection>,
-        /// The decision's record (`None` under [`Record::Refusals`], or with
-        /// recording off… the id is then a placeholder).
+        /// The decision's record; `None` under [`Record::Refusals`].
         audit: Option<DecisionId>,
         reason: String,
     },
@@ -129,8 +130,16 @@ impl Verdict {
 
 /// The policy's decision, with an `approve` held until a person (or the
 /// timeout) answers: the result is allow or deny.
-pub async fn decide_held(decider: &dyn Decide, approvals: &Approvals, input: &Input) -> Decision {
-    let decision = decider.decide(input);
+pub async fn decide_held(
+    decider: &dyn Decide,
+    approvals: &Approvals,
+    input: &Input,
+    prepared: Option<&Prepared>,
+) -> Decision {
+    let decision = match prepared {
+        Some(p) => decider.decide_prepared(input, p),
+        None => decider.decide(input),
+    };
     if decision.action != Action::Approve {
         return decision;
     }
@@ -146,7 +155,13 @@ impl Guarded {
             target: self.target.clone(),
             request: ask.request,
         };
-        let mut decision = decide_held(&*self.decider, &self.approvals, &input).await;
+        let mut decision = decide_held(
+            &*self.decider,
+            &self.approvals,
+            &input,
+            Some(&self.prepared),
+        )
+        .await;
         let mut mask = None;
         if decision.action == Action::Allow {
             let refused = match (ask.unusable, ask.masker) {

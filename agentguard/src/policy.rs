@@ -41,7 +41,7 @@ pub use self::{
     to_value::to_value,
     watch::Reloader,
 };
-use crate::decide::{Decide, Decision, Input};
+use crate::decide::{Decide, Decision, Input, Prepared};
 
 /// The rule every request is decided by.
 pub const ENTRYPOINT: &str = "data.agentguard.decision";
@@ -382,8 +382,10 @@ impl PolicyEngine {
     }
 }
 
-impl Decide for PolicyEngine {
-    fn decide(&self, input: &Input) -> Decision {
+impl PolicyEngine {
+    /// A typed input's decision, through the cache; `encode` gives the
+    /// input document.
+    fn decide_typed(&self, encode: impl FnOnce() -> Result<Value, String>) -> Decision {
         let live = self.live.load();
         let bundle = match &**live {
             Live::Ready(b) => b,
@@ -391,7 +393,7 @@ impl Decide for PolicyEngine {
                 return Decision::deny(format!("agentguard: no valid policy loaded: {cause}"));
             }
         };
-        let value = match to_value(input) {
+        let value = match encode() {
             Ok(v) => v,
             Err(e) => {
                 return Decision::deny(format!("agentguard: cannot encode the policy input: {e}"));
@@ -420,6 +422,34 @@ impl Decide for PolicyEngine {
             self.cache.put(key, &decision);
         }
         decision
+    }
+}
+
+impl Decide for PolicyEngine {
+    fn decide(&self, input: &Input) -> Decision {
+        self.decide_typed(|| to_value(input).map_err(|e| e.to_string()))
+    }
+
+    fn decide_prepared(&self, input: &Input, prepared: &Prepared) -> Decision {
+        self.decide_typed(|| {
+            let [identity, target] = prepared
+                .encoded
+                .get_or_init(|| {
+                    let encode = |v: Result<Value, to_value::Error>| v.map_err(|e| e.to_string());
+                    Ok([
+                        encode(to_value(&input.identity))?,
+                        encode(to_value(&input.target))?,
+                    ])
+                })
+                .clone()?;
+            // The same document `to_value(input)` makes (tests.rs checks).
+            let request = to_value(&input.request).map_err(|e| e.to_string())?;
+            let mut doc = std::collections::BTreeMap::new();
+            doc.insert(Value::from("identity"), identity);
+            doc.insert(Value::from("target"), target);
+            doc.insert(Value::from("request"), request);
+            Ok(Value::from(doc))
+        })
     }
 }
 

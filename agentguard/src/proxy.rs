@@ -237,7 +237,7 @@ impl Proxy {
             };
             // Held before any byte flows; the client just sees a slow connect.
             let decision =
-                crate::pipeline::decide_held(&*self.decider, &self.approvals, &input).await;
+                crate::pipeline::decide_held(&*self.decider, &self.approvals, &input, None).await;
             let record = DecisionRecord::new(
                 None,
                 Some(&input.identity),
@@ -369,6 +369,7 @@ impl Proxy {
             identity: input.identity,
             target: input.target,
             session: session.clone(),
+            prepared: Arc::default(),
         }
     }
 

@@ -305,8 +305,11 @@ impl Session {
             Verdict::Allow {
                 mask: Some(sel),
                 audit: Some(audit),
-                ..
-            } => (Arc::new(sel), audit),
+                reason,
+            } => {
+                info!(method = %parts.method, path, %reason, "allowed");
+                (Arc::new(sel), audit)
+            }
             Verdict::Allow { .. } => {
                 return self.refuse(StatusCode::FORBIDDEN, "internal error: no mask plan");
             }

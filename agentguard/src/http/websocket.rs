@@ -254,8 +254,10 @@ impl Relay {
         };
         let request = input::websocket_message(&self.upgrade, data, is_text, engine, detect);
         let ask = Ask::new(request, summary, started).record(Record::Refusals);
+        let size = data.len();
         let verdict = conn.guarded.decide(ask).await;
-        if !verdict.is_allow() {
+        if let Verdict::Deny { reason } = &verdict {
+            warn!(path = self.upgrade.path, size, %reason, "websocket message denied");
             // The close goes out once the refusal is on record.
             let _ = conn.guarded.session.committed().await;
         }

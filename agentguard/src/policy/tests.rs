@@ -1097,3 +1097,26 @@ fn conflicting_values_deny_on_both_paths() {
         );
     }
 }
+
+#[test]
+fn prepared_inputs_are_the_same_document() {
+    // The reason shows the whole input: both encodings must give it alike.
+    let policy = "package agentguard\nimport rego.v1\n\
+        decision := {\"action\": \"allow\", \"reason\": json.marshal(input)}\n";
+    let reason = |prepared: Option<&crate::decide::Prepared>, input: &Input| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "p.rego", policy);
+        let e = engine(dir.path());
+        let d = match prepared {
+            Some(p) => e.decide_prepared(input, p),
+            None => e.decide(input),
+        };
+        assert_eq!(d.action, Action::Allow, "{}", d.reason);
+        d.reason
+    };
+    let prepared = crate::decide::Prepared::default();
+    // One connection: the same identity and target, two requests.
+    for input in [connect_input("coder", 1), sql_input("select 1", "dev")] {
+        assert_eq!(reason(Some(&prepared), &input), reason(None, &input));
+    }
+}
