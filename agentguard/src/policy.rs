@@ -376,6 +376,11 @@ impl PolicyEngine {
         }
     }
 
+    /// Decisions stored in the cache since the last reload (tests).
+    pub fn cache_puts(&self) -> u64 {
+        self.cache.puts()
+    }
+
     /// Entries in the decision cache (tests, diagnostics).
     pub fn cached_decisions(&self) -> usize {
         self.cache.len()
@@ -399,10 +404,7 @@ impl PolicyEngine {
                 return Decision::deny(format!("agentguard: cannot encode the policy input: {e}"));
             }
         };
-        let key = bundle
-            .reads
-            .uncacheable
-            .is_none()
+        let key = (bundle.reads.uncacheable.is_none() && self.cache.worth_trying())
             .then(|| cache::Key::of(bundle.id, &bundle.key_paths, &value));
         if let Some(key) = &key
             && let Some(hit) = self.cache.get(key)

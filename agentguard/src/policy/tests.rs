@@ -1120,3 +1120,26 @@ fn prepared_inputs_are_the_same_document() {
         assert_eq!(reason(Some(&prepared), &input), reason(None, &input));
     }
 }
+
+#[test]
+fn a_cache_that_never_hits_is_only_sampled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "p.rego",
+        "package agentguard\nimport rego.v1\ndecision := {\"action\": \"allow\"} if contains(input.request.sql, \"s\")\n",
+    );
+    let e = engine(dir.path());
+    // Every text its own: past the warm-up only one in 64 is stored.
+    for i in 0..8192 {
+        e.decide(&sql_input(&format!("select {i}"), "dev"));
+    }
+    let puts = e.cache_puts();
+    assert!((4096..=4096 + 4096 / 64 + 1).contains(&puts), "{puts}");
+    // Answers never depend on it.
+    assert_eq!(e.decide(&sql_input("no", "dev")).action, Action::Deny);
+    assert_eq!(
+        e.decide(&sql_input("select 1", "dev")).action,
+        Action::Allow
+    );
+}
