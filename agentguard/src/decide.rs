@@ -102,6 +102,22 @@ impl Decision {
 
 pub trait Decide: Send + Sync {
     fn decide(&self, input: &Input) -> Decision;
+
+    /// The same decision, reusing what `prepared` keeps of this
+    /// connection's identity and target (they are the same for every
+    /// request of a connection, so they are encoded once).
+    fn decide_prepared(&self, input: &Input, prepared: &Prepared) -> Decision {
+        let _ = prepared;
+        self.decide(input)
+    }
+}
+
+/// One connection's identity and target, as the policy engine encodes them
+/// for `input`: filled by the first decision. Only for inputs with that
+/// same identity and target.
+#[derive(Default)]
+pub struct Prepared {
+    pub(crate) encoded: std::sync::OnceLock<Result<[regorus::Value; 2], String>>,
 }
 
 #[cfg(test)]

@@ -39,12 +39,7 @@ use tracing::{debug, info, warn};
 pub use input::{HttpRequest, LlmRequest, TlsConnect, WebSocketMessage};
 pub use k8s::K8sRequest;
 
-use crate::{
-    audit::SessionHandle,
-    config::TlsMode,
-    decide::{Action, Decide, Input, Request, Target},
-    identity::Identity,
-};
+use crate::{config::TlsMode, decide::Request};
 use detect::{Detected, Prefixed};
 use session::Proto;
 
@@ -162,20 +157,15 @@ impl HttpShared {
 /// One guarded HTTP connection's context.
 pub struct Conn {
     pub shared: Arc<HttpShared>,
-    pub decider: Arc<dyn Decide>,
-    pub identity: Identity,
-    pub target: Target,
+    /// Identity, target, recording: what the pipeline decides with.
+    pub guarded: crate::pipeline::Guarded,
     pub tls: TlsMode,
     pub ca_file: Option<PathBuf>,
-    /// Where `approve` decisions wait for a person.
-    pub approvals: Arc<crate::approvals::Approvals>,
     pub connect_timeout: Duration,
     /// The original destination (for dialling the server again).
     pub dst: SocketAddr,
     /// What the agent's ClientHello named; set by the TLS step.
     pub sni: Option<String>,
-    /// The connection's recording: one decision record per request.
-    pub session: SessionHandle,
 }
 
 /// Serves one agent connection until it closes.
@@ -249,32 +239,23 @@ async fn tls_session(
                 .collect(),
             tls: "passthrough",
         });
-        let input = Input {
-            identity: conn.identity.clone(),
-            target: conn.target.clone(),
-            request,
+        let summary = crate::audit::RequestSummary::Other {
+            summary: format!(
+                "TLS passthrough sni={}",
+                hello.sni.as_deref().unwrap_or("-")
+            ),
         };
-        let decision = conn.decider.decide(&input);
-        let record = crate::audit::DecisionRecord::new(
-            Some(conn.session.id),
-            Some(&conn.identity),
-            Some(&conn.target),
-            crate::audit::RequestSummary::Other {
-                summary: format!(
-                    "TLS passthrough sni={}",
-                    hello.sni.as_deref().unwrap_or("-")
-                ),
-            },
-            &decision,
-            started.elapsed(),
-        );
         // Nothing is answered by the guard here: no commit to wait for.
-        let recorded = conn.session.decision(record).await;
-        if decision.action != Action::Allow || recorded.is_err() {
+        let verdict = conn
+            .guarded
+            .decide(crate::pipeline::Ask::new(request, summary, started))
+            .await;
+        if !verdict.is_allow() {
             crate::proxy::reset(client);
             return Err(HttpError::Refused(format!(
                 "TLS passthrough to sni {:?}: {}",
-                hello.sni, decision.reason
+                hello.sni,
+                verdict.reason()
             )));
         }
         info!(sni = ?hello.sni, "TLS passthrough allowed");
@@ -286,8 +267,8 @@ async fn tls_session(
     let name = hello
         .sni
         .clone()
-        .or_else(|| conn.target.host.clone())
-        .unwrap_or_else(|| conn.target.ip.clone());
+        .or_else(|| conn.guarded.target.host.clone())
+        .unwrap_or_else(|| conn.guarded.target.ip.clone());
     let ca = match conn.shared.ca() {
         Ok(ca) => ca,
         Err(e) => {

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod metrics;
 pub mod net;
 pub mod pg;
+pub mod pipeline;
 pub mod policy;
 pub mod proxy;
 pub mod redirect;

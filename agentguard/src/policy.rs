@@ -13,6 +13,7 @@ pub mod cli;
 mod conflicts;
 mod eval;
 mod limits;
+mod reads;
 #[doc(hidden)]
 pub mod samples;
 mod to_value;
@@ -34,12 +35,13 @@ pub use self::{
     bundle::{
         Bundle, EvalPath, Evaluator, MAX_INSTRUCTIONS, SourceFile, TestResult, VM_ENV, read_dir,
     },
-    cache::CAPACITY as CONNECT_CACHE_CAPACITY,
+    cache::CAPACITY as DECISION_CACHE_CAPACITY,
     eval::parse_decision,
+    reads::Reads,
     to_value::to_value,
     watch::Reloader,
 };
-use crate::decide::{Decide, Decision, Input};
+use crate::decide::{Decide, Decision, Input, Prepared};
 
 /// The rule every request is decided by.
 pub const ENTRYPOINT: &str = "data.agentguard.decision";
@@ -128,9 +130,12 @@ pub struct PolicyState {
     /// `interpreter (why)`.
     #[serde(default)]
     pub engine: Option<String>,
-    /// `on`, or `off (why)`: whether connect decisions are cached.
+    /// `on`, or `off (why)`: whether decisions are cached.
     #[serde(default)]
     pub connect_cache: Option<String>,
+    /// The `input` paths the live bundle reads (the decision cache's key).
+    #[serde(default)]
+    pub reads: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,7 +148,7 @@ pub struct PolicyEngine {
     origin: Origin,
     live: ArcSwap<Live>,
     pool: eval::Pool,
-    cache: cache::ConnectCache,
+    cache: cache::DecisionCache,
     budget: Duration,
     /// Whether bundles may run on the bytecode VM.
     allow_vm: bool,
@@ -181,7 +186,7 @@ impl PolicyEngine {
             origin,
             live: ArcSwap::from_pointee(Live::Missing("not loaded yet".into())),
             pool: eval::Pool::new(),
-            cache: cache::ConnectCache::new(),
+            cache: cache::DecisionCache::new(),
             budget,
             allow_vm,
             state: Mutex::new(PolicyState {
@@ -230,10 +235,11 @@ impl PolicyEngine {
                     state.tests = b.tests.len();
                     state.loaded_at = Some(now);
                     state.engine = Some(b.path_description());
-                    state.connect_cache = Some(match &b.connect_uncacheable {
+                    state.connect_cache = Some(match &b.reads.uncacheable {
                         None => "on".into(),
                         Some(why) => format!("off ({why})"),
                     });
+                    state.reads = Some(b.reads.describe());
                 }
             }
             Err(e) => {
@@ -264,7 +270,8 @@ impl PolicyEngine {
                     tests = state.tests,
                     source = %state.source,
                     engine = state.engine.as_deref().unwrap_or("-"),
-                    connect_cache = state.connect_cache.as_deref().unwrap_or("-"),
+                    decision_cache = state.connect_cache.as_deref().unwrap_or("-"),
+                    reads = state.reads.as_deref().unwrap_or("-"),
                     "policy loaded"
                 );
             }
@@ -342,10 +349,11 @@ impl PolicyEngine {
     /// The decision, and whether the policy itself gave it (false for the
     /// fail-closed denies: evaluation error, timeout, malformed decision).
     fn evaluate(&self, bundle: &Arc<Bundle>, input: Value) -> (Decision, bool) {
-        let result = self
-            .pool
-            .evaluate(bundle, input, self.budget)
-            .and_then(|v| parse_decision(&v));
+        let result = match bundle.inline() {
+            Ok(()) => eval::evaluate_inline(bundle, input),
+            Err(_) => self.pool.evaluate(bundle, input, self.budget),
+        }
+        .and_then(|v| parse_decision(&v));
         match result {
             Ok(v) => (
                 Decision {
@@ -368,14 +376,21 @@ impl PolicyEngine {
         }
     }
 
-    /// Entries in the connect decision cache (tests, diagnostics).
+    /// Decisions stored in the cache since the last reload (tests).
+    pub fn cache_puts(&self) -> u64 {
+        self.cache.puts()
+    }
+
+    /// Entries in the decision cache (tests, diagnostics).
     pub fn cached_decisions(&self) -> usize {
         self.cache.len()
     }
 }
 
-impl Decide for PolicyEngine {
-    fn decide(&self, input: &Input) -> Decision {
+impl PolicyEngine {
+    /// A typed input's decision, through the cache; `encode` gives the
+    /// input document.
+    fn decide_typed(&self, encode: impl FnOnce() -> Result<Value, String>) -> Decision {
         let live = self.live.load();
         let bundle = match &**live {
             Live::Ready(b) => b,
@@ -383,16 +398,19 @@ impl Decide for PolicyEngine {
                 return Decision::deny(format!("agentguard: no valid policy loaded: {cause}"));
             }
         };
-        let cacheable = bundle.connect_uncacheable.is_none() && cache::ConnectCache::applies(input);
-        if cacheable && let Some(hit) = self.cache.get(bundle.id, input) {
-            return hit;
-        }
-        let value = match to_value(input) {
+        let value = match encode() {
             Ok(v) => v,
             Err(e) => {
                 return Decision::deny(format!("agentguard: cannot encode the policy input: {e}"));
             }
         };
+        let key = (bundle.reads.uncacheable.is_none() && self.cache.worth_trying())
+            .then(|| cache::Key::of(bundle.id, &bundle.key_paths, &value));
+        if let Some(key) = &key
+            && let Some(hit) = self.cache.get(key)
+        {
+            return hit;
+        }
         let started = std::time::Instant::now();
         let (decision, answered) = self.evaluate(bundle, value);
         crate::metrics::get()
@@ -400,10 +418,40 @@ impl Decide for PolicyEngine {
             .observe(started.elapsed().as_secs_f64());
         // Only what the policy itself answered: a watchdog timeout or an
         // evaluation error is never replayed from the cache.
-        if cacheable && answered {
-            self.cache.put(bundle.id, input, &decision);
+        if let Some(key) = key
+            && answered
+        {
+            self.cache.put(key, &decision);
         }
         decision
+    }
+}
+
+impl Decide for PolicyEngine {
+    fn decide(&self, input: &Input) -> Decision {
+        self.decide_typed(|| to_value(input).map_err(|e| e.to_string()))
+    }
+
+    fn decide_prepared(&self, input: &Input, prepared: &Prepared) -> Decision {
+        self.decide_typed(|| {
+            let [identity, target] = prepared
+                .encoded
+                .get_or_init(|| {
+                    let encode = |v: Result<Value, to_value::Error>| v.map_err(|e| e.to_string());
+                    Ok([
+                        encode(to_value(&input.identity))?,
+                        encode(to_value(&input.target))?,
+                    ])
+                })
+                .clone()?;
+            // The same document `to_value(input)` makes (tests.rs checks).
+            let request = to_value(&input.request).map_err(|e| e.to_string())?;
+            let mut doc = std::collections::BTreeMap::new();
+            doc.insert(Value::from("identity"), identity);
+            doc.insert(Value::from("target"), target);
+            doc.insert(Value::from("request"), request);
+            Ok(Value::from(doc))
+        })
     }
 }
 
@@ -520,8 +568,12 @@ pub fn status_lines(run_dir: &Path, daemon_running: bool) -> Vec<String> {
     if s.version.is_some()
         && let Some(engine) = &s.engine
     {
+        let key = match (&s.reads, s.connect_cache.as_deref()) {
+            (Some(reads), Some("on")) => format!(" (key: bundle, {reads})"),
+            _ => String::new(),
+        };
         lines.push(format!(
-            "policy:    evaluated by {engine}; connect decision cache {}",
+            "policy:    evaluated by {engine}; decision cache {}{key}",
             s.connect_cache.as_deref().unwrap_or("-")
         ));
     }

@@ -235,12 +235,9 @@ impl Proxy {
                 identity,
                 request: Request::Connect,
             };
-            let decision = self.decider.decide(&input);
             // Held before any byte flows; the client just sees a slow connect.
-            let decision = match decision.action {
-                Action::Approve => self.approvals.hold(&input, decision).await,
-                _ => decision,
-            };
+            let decision =
+                crate::pipeline::decide_held(&*self.decider, &self.approvals, &input, None).await;
             let record = DecisionRecord::new(
                 None,
                 Some(&input.identity),
@@ -319,13 +316,9 @@ impl Proxy {
                         }
                     };
                     let guard = pg::session::PgGuard {
-                        decider: Arc::clone(&self.decider),
-                        identity: input.identity,
-                        target: input.target,
-                        approvals: Arc::clone(&self.approvals),
+                        guarded: self.guarded(input, &session),
                         tls,
                         masker: self.config.masker.0.clone(),
-                        session: session.clone(),
                     };
                     let error = match pg::session::run(guard, client, upstream).await {
                         Ok(()) => None,
@@ -340,16 +333,12 @@ impl Proxy {
                     let found = self.config.target_for(dst).map(|(t, _)| t);
                     let conn = http::Conn {
                         shared: Arc::clone(&self.http),
-                        decider: Arc::clone(&self.decider),
-                        identity: input.identity,
-                        target: input.target,
+                        guarded: self.guarded(input, &session),
                         tls: found.map(|t| t.tls).unwrap_or_default(),
                         ca_file: found.and_then(|t| t.ca_file.clone()),
-                        approvals: Arc::clone(&self.approvals),
                         connect_timeout: timeout,
                         dst,
                         sni: None,
-                        session: session.clone(),
                     };
                     let error = match http::run(conn, client, upstream).await {
                         Ok(()) => None,
@@ -372,6 +361,18 @@ impl Proxy {
 }
 
 impl Proxy {
+    /// What a protocol guard's requests are decided with.
+    fn guarded(&self, input: Input, session: &SessionHandle) -> crate::pipeline::Guarded {
+        crate::pipeline::Guarded {
+            decider: Arc::clone(&self.decider),
+            approvals: Arc::clone(&self.approvals),
+            identity: input.identity,
+            target: input.target,
+            session: session.clone(),
+            prepared: Arc::default(),
+        }
+    }
+
     /// Records the allowed connect as the first frame of a new session. An
     /// `Err` (audit overloaded with on_overload = deny) refuses the connection.
     async fn start_session(

@@ -28,9 +28,10 @@ use super::{
     websocket,
 };
 use crate::{
-    audit::{DecisionId, DecisionRecord, RequestSummary},
+    audit::RequestSummary,
     config::Protocol,
-    decide::{self, Action, Decision, Input},
+    decide,
+    pipeline::{self, Verdict},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,7 +172,7 @@ impl Session {
     /// `Status` object (kubectl prints its message) that also carries the
     /// `error` field every refusal has.
     fn refuse(&self, status: StatusCode, reason: &str) -> Response<Body> {
-        if self.conn.target.protocol != Protocol::K8s {
+        if self.conn.guarded.target.protocol != Protocol::K8s {
             return refusal(status, reason);
         }
         let reason = reason.strip_prefix("agentguard: ").unwrap_or(reason);
@@ -204,7 +205,7 @@ impl Session {
         let on_agent_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let agent_version = parts.version;
-        let target = &self.conn.target;
+        let target = &self.conn.guarded.target;
         let host = parts
             .uri
             .authority()
@@ -290,45 +291,36 @@ impl Session {
                 "LLM request body over {} bytes cannot be inspected",
                 input::MAX_JSON_BODY
             );
-            warn!(method = %parts.method, path, %reason, "denied");
             return self
                 .refuse_recorded(StatusCode::FORBIDDEN, summary, &reason, started)
                 .await;
         }
-        let input = Input {
-            identity: self.conn.identity.clone(),
-            target: target.clone(),
-            request,
-        };
-        let mut decision = self.decide(&input, parts.method.as_str(), &path).await;
         // What the guard refuses after an allow is recorded as the deny
         // the agent gets.
-        let usable = match (&self.upstream, decision.action) {
-            (_, Action::Deny | Action::Approve) => None,
-            (Err(reason), Action::Allow) => Some(Err(reason.clone())),
-            (Ok(upstream), Action::Allow) => {
-                match engine.selection(target.name.as_deref(), &decision.mask) {
-                    Ok(sel) => Some(Ok((upstream, Arc::new(sel)))),
-                    Err(e) => Some(Err(format!("policy error: decision's mask list: {e}"))),
-                }
+        let unusable = self.upstream.as_ref().err().cloned();
+        let ask = pipeline::Ask::new(request, summary, started)
+            .mask_with(Some(engine))
+            .unusable(unusable);
+        let (sel, audit) = match self.conn.guarded.decide(ask).await {
+            Verdict::Allow {
+                mask: Some(sel),
+                audit: Some(audit),
+                reason,
+            } => {
+                info!(method = %parts.method, path, %reason, "allowed");
+                (Arc::new(sel), audit)
+            }
+            Verdict::Allow { .. } => {
+                return self.refuse(StatusCode::FORBIDDEN, "internal error: no mask plan");
+            }
+            Verdict::Deny { reason } => {
+                return self
+                    .released(self.refuse(StatusCode::FORBIDDEN, &reason))
+                    .await;
             }
         };
-        if let Some(Err(reason)) = &usable {
-            warn!(method = %parts.method, path, %reason, "denied");
-            decision = Decision {
-                action: Action::Deny,
-                reason: reason.clone(),
-                ..decision
-            };
-        }
-        let audit = match self.record(summary, &decision, started).await {
-            Ok(id) => id,
-            Err(reason) => return self.refuse(StatusCode::FORBIDDEN, &reason),
-        };
-        let Some(Ok((upstream, sel))) = usable else {
-            return self
-                .released(self.refuse(StatusCode::FORBIDDEN, &decision.reason))
-                .await;
+        let Ok(upstream) = &self.upstream else {
+            return self.refuse(StatusCode::FORBIDDEN, "internal error: no upstream");
         };
 
         // The prompt's PII is masked before it leaves the host.
@@ -409,7 +401,7 @@ impl Session {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(agent_side) = on_agent_upgrade
         {
-            let mut result = self.conn.session.result_recorder(audit);
+            let mut result = self.conn.guarded.session.result_recorder(audit);
             result.complete(resp.status().to_string()).await;
             if websocket.is_some()
                 && resp
@@ -491,7 +483,7 @@ impl Session {
             (false, mask::Class::Json) if is_watch => mask::Class::Lines,
             (false, c) => c,
         };
-        let mut result = self.conn.session.result_recorder(audit);
+        let mut result = self.conn.guarded.session.result_recorder(audit);
         result.complete(rparts.status.to_string()).await;
         if class == mask::Class::Opaque {
             result.finish().await;
@@ -520,28 +512,6 @@ impl Session {
             .await
     }
 
-    /// Records this request's decision. `Err`: the audit log cannot take
-    /// it (on_overload = deny), so the request is refused.
-    pub(super) async fn record(
-        &self,
-        summary: RequestSummary,
-        decision: &Decision,
-        started: Instant,
-    ) -> Result<DecisionId, String> {
-        let record = DecisionRecord::new(
-            Some(self.conn.session.id),
-            Some(&self.conn.identity),
-            Some(&self.conn.target),
-            summary,
-            decision,
-            started.elapsed(),
-        );
-        self.conn.session.decision(record).await.map_err(|e| {
-            warn!(reason = %e, "denied");
-            e.to_string()
-        })
-    }
-
     /// A refusal that needed no policy, recorded like any deny.
     async fn refuse_recorded(
         &self,
@@ -550,7 +520,7 @@ impl Session {
         reason: &str,
         started: Instant,
     ) -> Response<Body> {
-        let _ = self.record(summary, &Decision::deny(reason), started).await;
+        self.conn.guarded.refuse(summary, reason, started).await;
         self.released(self.refuse(status, reason)).await
     }
 
@@ -558,30 +528,12 @@ impl Session {
     /// (see audit.rs), so a crash never loses the record of a request the
     /// agent saw answered. Its mask counts follow when the body is done.
     async fn released(&self, resp: Response<Body>) -> Response<Body> {
-        match self.conn.session.committed().await {
+        match self.conn.guarded.session.committed().await {
             Ok(()) => resp,
             Err(e) => self.refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("audit log unavailable: {e}"),
             ),
-        }
-    }
-
-    async fn decide(&self, input: &Input, method: &str, path: &str) -> Decision {
-        let decision = self.conn.decider.decide(input);
-        match decision.action {
-            Action::Allow => {
-                info!(method, path, reason = %decision.reason, "allowed");
-                decision
-            }
-            Action::Deny => {
-                warn!(method, path, reason = %decision.reason, "denied");
-                decision
-            }
-            Action::Approve => {
-                warn!(method, path, reason = %decision.reason, "held for approval");
-                self.conn.approvals.hold(input, decision).await
-            }
         }
     }
 }

@@ -39,7 +39,7 @@ use tracing::{debug, info, warn};
 use super::{input, mask, session::Session};
 use crate::{
     audit::{RequestSummary, ResultRecorder},
-    decide::{Action, Decision, Input},
+    pipeline::{Ask, Record, Verdict},
 };
 
 /// Larger messages (and frames) are refused with close 1009.
@@ -147,11 +147,11 @@ impl Relay {
         while let Some(msg) = self.next(&mut rx, UP, hops).await {
             match &msg {
                 Message::Text(_) | Message::Binary(_) => {
-                    let decision = self.decide(&msg).await;
-                    if decision.action != Action::Allow {
+                    let verdict = self.decide(&msg).await;
+                    if !verdict.is_allow() {
                         let reason = format!(
                             "agentguard: {}",
-                            decision.reason.trim_start_matches("agentguard: ")
+                            verdict.reason().trim_start_matches("agentguard: ")
                         );
                         return hops
                             .close_both(
@@ -213,8 +213,8 @@ impl Relay {
         match rx.next().await? {
             Ok(m) => Some(m),
             Err(WsError::Capacity(CapacityError::MessageTooLong { size, .. })) => {
-                let deny = Decision::deny(oversize_reason(size));
-                self.refused(direction, "message", size, &deny, Instant::now())
+                let summary = self.summary(direction, "message", size);
+                self.refused(summary, &oversize_reason(size), Instant::now())
                     .await;
                 hops.oversized(direction, size).await;
                 None
@@ -233,10 +233,10 @@ impl Relay {
         mask::mask_document(engine, &self.sel, data, &mut found)
     }
 
-    /// The policy decision on one message from the agent. Denials are
+    /// The policy's verdict on one message from the agent. Denials are
     /// recorded (and committed before the agent sees the close); allowed
     /// messages are counted, not recorded.
-    async fn decide(&self, msg: &Message) -> Decision {
+    async fn decide(&self, msg: &Message) -> Verdict {
         let started = Instant::now();
         let conn = &self.session.conn;
         let (data, is_text) = match msg {
@@ -244,58 +244,41 @@ impl Relay {
             Message::Binary(b) => (&b[..], false),
             _ => (&[][..], false),
         };
+        let summary = self.summary(UP, kind(is_text), data.len());
         let Ok((engine, detect)) = conn.shared.engine() else {
-            let decision = Decision::deny("mask engine unavailable");
-            self.refused(UP, kind(is_text), data.len(), &decision, started)
-                .await;
-            return decision;
+            let reason = "mask engine unavailable";
+            self.refused(summary, reason, started).await;
+            return Verdict::Deny {
+                reason: reason.into(),
+            };
         };
-        let input = Input {
-            identity: conn.identity.clone(),
-            target: conn.target.clone(),
-            request: input::websocket_message(&self.upgrade, data, is_text, engine, detect),
-        };
-        let mut decision = conn.decider.decide(&input);
-        if decision.action == Action::Approve {
-            warn!(path = self.upgrade.path, reason = %decision.reason, "websocket message held for approval");
-            decision = conn.approvals.hold(&input, decision).await;
+        let request = input::websocket_message(&self.upgrade, data, is_text, engine, detect);
+        let ask = Ask::new(request, summary, started).record(Record::Refusals);
+        let size = data.len();
+        let verdict = conn.guarded.decide(ask).await;
+        if let Verdict::Deny { reason } = &verdict {
+            warn!(path = self.upgrade.path, size, %reason, "websocket message denied");
+            // The close goes out once the refusal is on record.
+            let _ = conn.guarded.session.committed().await;
         }
-        if decision.action == Action::Allow {
-            crate::metrics::get().decision(
-                "websocket",
-                "allow",
-                started.elapsed().as_micros() as u64,
-            );
-            return decision;
-        }
-        let decision = Decision {
-            action: Action::Deny,
-            ..decision
-        };
-        warn!(path = self.upgrade.path, size = data.len(), reason = %decision.reason, "websocket message denied");
-        self.refused(UP, kind(is_text), data.len(), &decision, started)
-            .await;
-        decision
+        verdict
     }
 
-    /// Records a message that was not forwarded.
-    async fn refused(
-        &self,
-        direction: &str,
-        message: &str,
-        size: usize,
-        decision: &Decision,
-        started: Instant,
-    ) {
-        let summary = RequestSummary::WebSocket {
+    fn summary(&self, direction: &str, message: &str, size: usize) -> RequestSummary {
+        RequestSummary::WebSocket {
             host: Some(self.upgrade.host.clone()),
             path: self.upgrade.path.clone(),
             direction: direction.to_owned(),
             message: message.to_owned(),
             size: size as u64,
-        };
-        let _ = self.session.record(summary, decision, started).await;
-        let _ = self.session.conn.session.committed().await;
+        }
+    }
+
+    /// Records a message that was not forwarded, before the close goes out.
+    async fn refused(&self, summary: RequestSummary, reason: &str, started: Instant) {
+        let guarded = &self.session.conn.guarded;
+        guarded.refuse(summary, reason, started).await;
+        let _ = guarded.session.committed().await;
     }
 }
 

@@ -11,7 +11,7 @@
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use agentguard_mask::{Engine, FieldContext, Selection};
@@ -28,10 +28,9 @@ use super::{
     sql::{self, StatementInfo},
 };
 use crate::{
-    audit::{DecisionId, DecisionRecord, RequestSummary, ResultRecorder, SessionHandle},
-    decide::Target,
-    decide::{Action, Decide, Decision, Input, Request},
-    identity::Identity,
+    audit::{DecisionId, RequestSummary, ResultRecorder, SessionHandle},
+    decide::Request,
+    pipeline::{Ask, Guarded, Verdict},
 };
 
 /// Longest message either side may announce. PostgreSQL's own limit for a
@@ -96,15 +95,10 @@ where
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 
 pub struct PgGuard {
-    pub decider: Arc<dyn Decide>,
-    pub identity: Identity,
-    pub target: Target,
-    /// Where `approve` decisions wait for a person.
-    pub approvals: Arc<crate::approvals::Approvals>,
+    /// Identity, target, recording: what the pipeline decides with.
+    pub guarded: Guarded,
     pub tls: PgTls,
     pub masker: Option<Arc<Engine>>,
-    /// The connection's recording: decisions, and results as forwarded.
-    pub session: SessionHandle,
 }
 
 /// How to mask the rows of one statement's results.
@@ -326,7 +320,7 @@ pub async fn run(guard: PgGuard, client: TcpStream, upstream: TcpStream) -> Resu
     .into_iter()
     .filter_map(|(k, v)| Some((k.to_owned(), v.clone()?)))
     .collect();
-    session.guard.session.details(details).await;
+    session.guard.guarded.session.details(details).await;
 
     let shared = Arc::new(Mutex::new(Shared::default()));
     let client_wr = Arc::new(tokio::sync::Mutex::new(client_wr));
@@ -335,7 +329,7 @@ pub async fn run(guard: PgGuard, client: TcpStream, upstream: TcpStream) -> Resu
         Arc::clone(&client_wr),
         Arc::clone(&shared),
         session.guard.masker.clone(),
-        session.guard.session.clone(),
+        session.guard.guarded.session.clone(),
     ));
     let result = client_to_server(
         &session,
@@ -371,16 +365,23 @@ struct Session {
 }
 
 impl Session {
-    /// The decision for one Query / Parse, how to mask its rows when
-    /// allowed, and its audit record's id. A decision the audit log cannot
-    /// take (on_overload = deny) is a deny.
+    /// The verdict on one Query / Parse, and how to mask its rows when
+    /// allowed.
     async fn decide(
         &self,
         sql: &str,
         analysis: sql::SqlAnalysis,
         protocol: &'static str,
-    ) -> (Decision, Option<Arc<RowMask>>, Option<DecisionId>) {
+    ) -> (Verdict, Option<Arc<RowMask>>) {
         let started = Instant::now();
+        // Column rules match `table.column` against the one table the
+        // statement reads, if it reads exactly one.
+        let table = match analysis.statements.as_slice() {
+            [only] if only.tables_read.len() == 1 => {
+                only.tables_read[0].rsplit('.').next().map(str::to_owned)
+            }
+            _ => None,
+        };
         let summary = RequestSummary::Sql {
             sql: sql.to_owned(),
             protocol: protocol.to_owned(),
@@ -389,62 +390,7 @@ impl Session {
             database: self.database.clone(),
             db_user: self.db_user.clone(),
         };
-        let (decision, rows) = self.decide_and_mask(sql, analysis, protocol).await;
-        let record = DecisionRecord::new(
-            Some(self.guard.session.id),
-            Some(&self.guard.identity),
-            Some(&self.guard.target),
-            summary,
-            &decision,
-            started.elapsed(),
-        );
-        match self.guard.session.decision(record).await {
-            Ok(id) => (decision, rows, Some(id)),
-            Err(e) => {
-                warn!(sql, reason = %e, "denied");
-                (Decision::deny(e.to_string()), None, None)
-            }
-        }
-    }
-
-    /// Mask rules that do not compile deny: masking less than the policy
-    /// asked is not an option.
-    async fn decide_and_mask(
-        &self,
-        sql: &str,
-        analysis: sql::SqlAnalysis,
-        protocol: &'static str,
-    ) -> (Decision, Option<Arc<RowMask>>) {
-        let table = match analysis.statements.as_slice() {
-            [only] if only.tables_read.len() == 1 => {
-                only.tables_read[0].rsplit('.').next().map(str::to_owned)
-            }
-            _ => None,
-        };
-        let decision = self.decide_only(sql, analysis, protocol).await;
-        if decision.action != Action::Allow {
-            return (decision, None);
-        }
-        let Some(engine) = &self.guard.masker else {
-            return (decision, None);
-        };
-        match engine.selection(self.guard.target.name.as_deref(), &decision.mask) {
-            Ok(sel) => (decision, Some(Arc::new(RowMask { sel, table }))),
-            Err(e) => {
-                let reason = format!("the policy's mask rules are invalid: {e}");
-                warn!(sql, %reason, "denied");
-                (Decision::deny(reason), None)
-            }
-        }
-    }
-
-    async fn decide_only(
-        &self,
-        sql: &str,
-        analysis: sql::SqlAnalysis,
-        protocol: &'static str,
-    ) -> Decision {
-        let request = SqlRequest {
+        let request = Request::Sql(SqlRequest {
             sql: sql.to_owned(),
             statements: analysis.statements,
             parse_error: analysis.parse_error,
@@ -452,23 +398,16 @@ impl Session {
             db_user: self.db_user.clone(),
             application_name: self.application_name.clone(),
             protocol,
+        });
+        let ask = Ask::new(request, summary, started).mask_with(self.guard.masker.as_deref());
+        let mut verdict = self.guard.guarded.decide(ask).await;
+        let rows = match &mut verdict {
+            Verdict::Allow { mask, .. } => mask.take().map(|sel| Arc::new(RowMask { sel, table })),
+            Verdict::Deny { .. } => None,
         };
-        let input = Input {
-            identity: self.guard.identity.clone(),
-            target: self.guard.target.clone(),
-            request: Request::Sql(request),
-        };
-        let decision = self.guard.decider.decide(&input);
-        match decision.action {
-            Action::Allow => debug!(sql, "allowed"),
-            Action::Deny => warn!(sql, reason = %decision.reason, "denied"),
-            Action::Approve => return self.guard.approvals.hold(&input, decision).await,
-        }
-        decision
+        (verdict, rows)
     }
-}
 
-impl Session {
     async fn refused(&self, what: &str, reason: &str) {
         self.guard.refused(what, reason).await;
     }
@@ -477,18 +416,10 @@ impl Session {
 impl PgGuard {
     /// Records a refusal that needed no policy (the protocol forbids it).
     async fn refused(&self, what: &str, reason: &str) {
-        let record = DecisionRecord::new(
-            Some(self.session.id),
-            Some(&self.identity),
-            Some(&self.target),
-            RequestSummary::Other {
-                summary: what.to_owned(),
-            },
-            &Decision::deny(reason),
-            Duration::ZERO,
-        );
-        // Refused anyway: an overloaded recorder changes nothing.
-        let _ = self.session.decision(record).await;
+        let summary = RequestSummary::Other {
+            summary: what.to_owned(),
+        };
+        self.guarded.refuse(summary, reason, Instant::now()).await;
     }
 }
 
@@ -573,8 +504,8 @@ async fn client_to_server(
                 let mut analysis = sql::analyze(text);
                 let defined = prepared_definitions(&analysis);
                 resolve_prepared(&mut analysis.statements, &prepared, &defined);
-                let (decision, rows, audit) = session.decide(text, analysis, "simple").await;
-                if decision.action == Action::Allow {
+                let (verdict, rows) = session.decide(text, analysis, "simple").await;
+                if let Verdict::Allow { audit, .. } = verdict {
                     prepared.extend(defined);
                     push(Pending::Ready {
                         inject: None,
@@ -584,7 +515,7 @@ async fn client_to_server(
                     upstream.write_all(&msg.raw).await?;
                 } else {
                     push(Pending::Ready {
-                        inject: Some(refusal(&decision.reason)),
+                        inject: Some(refusal(verdict.reason())),
                         rows: None,
                         audit: None,
                     });
@@ -598,8 +529,8 @@ async fn client_to_server(
                 }
                 let mut analysis = sql::analyze(text);
                 resolve_prepared(&mut analysis.statements, &prepared, &[]);
-                let (decision, rows, audit) = session.decide(text, analysis, "extended").await;
-                if decision.action == Action::Allow {
+                let (verdict, rows) = session.decide(text, analysis, "extended").await;
+                if let Verdict::Allow { audit, .. } = verdict {
                     match rows {
                         Some(rows) => statement_rows.insert(name.to_owned(), rows),
                         None => statement_rows.remove(name),
@@ -611,7 +542,7 @@ async fn client_to_server(
                     push(Pending::Parsed(name.to_owned()));
                     upstream.write_all(&msg.raw).await?;
                 } else {
-                    discarding = Some(refusal(&decision.reason));
+                    discarding = Some(refusal(verdict.reason()));
                 }
             }
             tag::SYNC => {

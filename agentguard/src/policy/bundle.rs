@@ -70,8 +70,10 @@ pub struct Bundle {
     pub budget: Duration,
     /// Instructions one decision may execute on the VM ([`MAX_INSTRUCTIONS`]).
     pub max_instructions: usize,
-    /// Why connect decisions of this bundle are not cached, if they are not.
-    pub connect_uncacheable: Option<String>,
+    /// What the bundle reads from `input` and which builtins it calls.
+    pub reads: super::reads::Reads,
+    /// [`Self::reads`]' paths as regorus keys, for the decision cache.
+    pub key_paths: Vec<Vec<Value>>,
 }
 
 /// What a VM needs besides its program: the bundle's data documents.
@@ -232,6 +234,7 @@ impl Bundle {
                 Err(why) => (None, Some(why)),
             }
         };
+        let reads = super::reads::scan(files);
         Ok(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             version: version_of(files),
@@ -242,7 +245,8 @@ impl Bundle {
             interpreter_reason,
             budget,
             max_instructions: MAX_INSTRUCTIONS,
-            connect_uncacheable: super::cache::uncacheable(files),
+            key_paths: reads.key_paths(),
+            reads,
         })
     }
 
@@ -255,10 +259,24 @@ impl Bundle {
         }
     }
 
+    /// Whether decisions run on the caller's thread: on the VM, with only
+    /// builtins the VM's limits bound. `Err`: why they go to the watchdog's
+    /// workers.
+    pub fn inline(&self) -> Result<(), String> {
+        match (&self.vm, &self.reads.unbounded) {
+            (None, _) => Err("on the interpreter".into()),
+            (Some(_), Some(why)) => Err(why.clone()),
+            (Some(_), None) => Ok(()),
+        }
+    }
+
     /// `rvm` or `interpreter (why)`, for logs and `status`.
     pub fn path_description(&self) -> String {
         match (&self.vm, &self.interpreter_reason) {
-            (Some(_), _) => "rvm (bytecode VM)".into(),
+            (Some(_), _) => match &self.reads.unbounded {
+                None => "rvm (bytecode VM)".into(),
+                Some(why) => format!("rvm (bytecode VM) on the watchdog's workers ({why})"),
+            },
             (None, Some(why)) => format!("interpreter ({why})"),
             (None, None) => "interpreter".into(),
         }

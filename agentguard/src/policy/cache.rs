@@ -1,27 +1,39 @@
-//! Decision cache for `connect` requests (L4, every TCP connection).
+//! A decision cache that cannot change an answer.
 //!
-//! Key: (bundle, agent, uid, exe, cgroup id, target ip, port, name,
-//! protocol, host, labels). Everything else in the input (pid, comm,
-//! cmdline, gid, the clock) is not in the key, so a bundle whose rules look
-//! at any of it, or call an impure builtin, is not cached at all: the bundle
-//! text is scanned at load ([`uncacheable`]). `sql`/`http`/… decisions are
-//! never cached.
+//! The key is the bundle and the value at every `input` path the bundle
+//! reads (`reads.rs`, from the bundle's tokens): two inputs with the same
+//! values there are, for this bundle, the same input, so its decision is
+//! the same. A bundle that reads raw SQL gets the text in the key; one that
+//! reads `input` as a whole gets the whole input; one that calls a builtin
+//! whose answer is not a function of its arguments (the clock, randomness,
+//! the network) is not cached at all. Identity fields are in the key
+//! exactly when the bundle reads them: agents whose read fields are equal
+//! get the same answer from the policy itself. A reload changes the bundle
+//! (and empties the cache).
+//!
+//! Entries keep the key values (regorus values are reference-counted, so
+//! that is a few counter increments) and a hit compares them, so a hash
+//! collision is a miss, never another input's decision. Only what the policy
+//! answered is stored: a timeout or an evaluation error is never replayed.
 //!
 //! Bounded: 16 shards, each two generations of at most 128 entries. A full
 //! current generation becomes the previous one (dropping the old previous);
 //! a hit in the previous generation moves the entry back. So at most 4096
 //! entries are kept and recently used ones survive (an approximate LRU
-//! without per-hit bookkeeping). Only successful evaluations are stored: a
-//! timeout or an evaluation error is never replayed.
+//! without per-hit bookkeeping).
 
 use std::{
     collections::HashMap,
     hash::{DefaultHasher, Hash, Hasher},
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
-use super::bundle::SourceFile;
-use crate::decide::{Decision, Input, Request};
+use regorus::Value;
+
+use crate::decide::Decision;
 
 const SHARDS: usize = 16;
 /// Entries per shard generation; 16 × 2 × 128 = [`CAPACITY`].
@@ -29,81 +41,96 @@ const GENERATION: usize = 128;
 /// Most entries the cache holds.
 pub const CAPACITY: usize = SHARDS * 2 * GENERATION;
 
-/// The cached fields, owned.
-struct Key {
+/// What a decision depends on: the bundle and the values it reads.
+pub struct Key {
     bundle: u64,
-    agent: Option<String>,
-    uid: u32,
-    exe: Option<String>,
-    cgroup_id: u64,
-    ip: String,
-    port: u16,
-    name: Option<String>,
-    protocol: u8,
-    host: Option<String>,
-    labels: Vec<String>,
+    values: Vec<Value>,
+    hash: u64,
 }
 
 impl Key {
-    fn of(bundle: u64, input: &Input) -> Self {
-        let (i, t) = (&input.identity, &input.target);
+    /// The key of `input` for a bundle that reads `paths` (`[]`: all of it).
+    pub fn of(bundle: u64, paths: &[Vec<Value>], input: &Value) -> Self {
+        let values: Vec<Value> = paths.iter().map(|p| at(input, p)).collect();
+        let mut h = DefaultHasher::new();
+        bundle.hash(&mut h);
+        for v in &values {
+            hash_value(v, &mut h);
+        }
         Self {
             bundle,
-            agent: i.agent.clone(),
-            uid: i.uid,
-            exe: i.exe.clone(),
-            cgroup_id: i.cgroup_id,
-            ip: t.ip.clone(),
-            port: t.port,
-            name: t.name.clone(),
-            protocol: t.protocol as u8,
-            host: t.host.clone(),
-            labels: t.labels.clone(),
+            values,
+            hash: h.finish(),
         }
-    }
-
-    fn matches(&self, bundle: u64, input: &Input) -> bool {
-        let (i, t) = (&input.identity, &input.target);
-        self.bundle == bundle
-            && self.uid == i.uid
-            && self.cgroup_id == i.cgroup_id
-            && self.port == t.port
-            && self.protocol == t.protocol as u8
-            && self.ip == t.ip
-            && self.agent == i.agent
-            && self.exe == i.exe
-            && self.name == t.name
-            && self.host == t.host
-            && self.labels == t.labels
     }
 }
 
-/// Hash of the key fields, borrowed: a lookup allocates nothing.
-fn hash(bundle: u64, input: &Input) -> u64 {
-    let (i, t) = (&input.identity, &input.target);
-    let mut h = DefaultHasher::new();
-    bundle.hash(&mut h);
-    i.agent.hash(&mut h);
-    i.uid.hash(&mut h);
-    i.exe.hash(&mut h);
-    i.cgroup_id.hash(&mut h);
-    t.ip.hash(&mut h);
-    t.port.hash(&mut h);
-    t.name.hash(&mut h);
-    (t.protocol as u8).hash(&mut h);
-    t.host.hash(&mut h);
-    t.labels.hash(&mut h);
-    h.finish()
+/// The value at `path`, `Undefined` where a step is missing (what the
+/// policy's ref would see).
+fn at(input: &Value, path: &[Value]) -> Value {
+    let mut cur = input;
+    for step in path {
+        match cur {
+            Value::Object(o) => match o.get(step) {
+                Some(v) => cur = v,
+                None => return Value::Undefined,
+            },
+            _ => return Value::Undefined,
+        }
+    }
+    cur.clone()
+}
+
+/// Equal values hash equally (a different hash for equal values would
+/// only be a miss).
+fn hash_value(v: &Value, h: &mut DefaultHasher) {
+    match v {
+        Value::Null => 0u8.hash(h),
+        Value::Bool(b) => (1u8, b).hash(h),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => (2u8, i).hash(h),
+            None => (3u8, n.as_f64().map(f64::to_bits)).hash(h),
+        },
+        Value::String(s) => (4u8, &**s).hash(h),
+        Value::Array(a) => {
+            (5u8, a.len()).hash(h);
+            a.iter().for_each(|x| hash_value(x, h));
+        }
+        Value::Set(s) => {
+            (6u8, s.len()).hash(h);
+            s.iter().for_each(|x| hash_value(x, h));
+        }
+        Value::Object(o) => {
+            (7u8, o.len()).hash(h);
+            for (k, x) in o.iter() {
+                hash_value(k, h);
+                hash_value(x, h);
+            }
+        }
+        Value::Undefined => 8u8.hash(h),
+    }
+}
+
+struct Entry {
+    bundle: u64,
+    values: Vec<Value>,
+    decision: Decision,
+}
+
+impl Entry {
+    fn matches(&self, key: &Key) -> bool {
+        self.bundle == key.bundle && self.values == key.values
+    }
 }
 
 #[derive(Default)]
 struct Shard {
-    current: HashMap<u64, (Key, Decision)>,
-    previous: HashMap<u64, (Key, Decision)>,
+    current: HashMap<u64, Entry>,
+    previous: HashMap<u64, Entry>,
 }
 
 impl Shard {
-    fn insert(&mut self, hash: u64, entry: (Key, Decision)) {
+    fn insert(&mut self, hash: u64, entry: Entry) {
         if self.current.len() >= GENERATION && !self.current.contains_key(&hash) {
             self.previous = std::mem::take(&mut self.current);
         }
@@ -111,15 +138,39 @@ impl Shard {
     }
 }
 
-pub struct ConnectCache {
+/// Lookups after which a cache that almost never hits is only sampled.
+const WARM_UP: u64 = 4096;
+/// A cold cache is still tried for one request in this many, so it warms
+/// up again when the traffic changes.
+const SAMPLE: u64 = 64;
+
+pub struct DecisionCache {
     shards: Vec<Mutex<Shard>>,
+    lookups: AtomicU64,
+    hits: AtomicU64,
+    /// Entries stored since the last clear (tests, diagnostics).
+    puts: AtomicU64,
 }
 
-impl ConnectCache {
+impl DecisionCache {
     pub fn new() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            lookups: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            puts: AtomicU64::new(0),
         }
+    }
+
+    /// Whether to key, look up and store this decision. A bundle whose key
+    /// holds text that never repeats (raw SQL with its literals) misses
+    /// every time; past the warm-up, with under 1 % hits, only a sample of
+    /// requests pays for the key and the insert. Only speed depends on it.
+    pub fn worth_trying(&self) -> bool {
+        let lookups = self.lookups.fetch_add(1, Ordering::Relaxed);
+        lookups < WARM_UP
+            || self.hits.load(Ordering::Relaxed) * 100 >= lookups
+            || lookups.is_multiple_of(SAMPLE)
     }
 
     fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
@@ -129,39 +180,51 @@ impl ConnectCache {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether `input` is a request this cache takes.
-    pub fn applies(input: &Input) -> bool {
-        matches!(input.request, Request::Connect)
-    }
-
-    pub fn get(&self, bundle: u64, input: &Input) -> Option<Decision> {
-        let h = hash(bundle, input);
-        let mut shard = self.shard(h);
-        if let Some((key, decision)) = shard.current.get(&h) {
-            return key.matches(bundle, input).then(|| decision.clone());
+    pub fn get(&self, key: &Key) -> Option<Decision> {
+        let mut shard = self.shard(key.hash);
+        if let Some(entry) = shard.current.get(&key.hash) {
+            let hit = entry.matches(key).then(|| entry.decision.clone());
+            if hit.is_some() {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+            }
+            return hit;
         }
-        let (key, decision) = shard.previous.remove(&h)?;
-        if !key.matches(bundle, input) {
+        let entry = shard.previous.remove(&key.hash)?;
+        if !entry.matches(key) {
             return None;
         }
-        let hit = decision.clone();
-        shard.insert(h, (key, decision));
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        let hit = entry.decision.clone();
+        shard.insert(key.hash, entry);
         Some(hit)
     }
 
-    pub fn put(&self, bundle: u64, input: &Input, decision: &Decision) {
-        let h = hash(bundle, input);
+    pub fn put(&self, key: Key, decision: &Decision) {
+        self.puts.fetch_add(1, Ordering::Relaxed);
         // A colliding entry for another key is simply replaced.
-        self.shard(h)
-            .insert(h, (Key::of(bundle, input), decision.clone()));
+        self.shard(key.hash).insert(
+            key.hash,
+            Entry {
+                bundle: key.bundle,
+                values: key.values,
+                decision: decision.clone(),
+            },
+        );
     }
 
     pub fn clear(&self) {
+        self.lookups.store(0, Ordering::Relaxed);
+        self.hits.store(0, Ordering::Relaxed);
+        self.puts.store(0, Ordering::Relaxed);
         for shard in &self.shards {
             let mut s = shard.lock().unwrap_or_else(|p| p.into_inner());
             s.current.clear();
             s.previous.clear();
         }
+    }
+
+    pub fn puts(&self) -> u64 {
+        self.puts.load(Ordering::Relaxed)
     }
 
     pub fn len(&self) -> usize {
@@ -173,112 +236,4 @@ impl ConnectCache {
             })
             .sum()
     }
-}
-
-/// `input.identity` fields a cached connect decision may depend on: the
-/// key's, and those that are functions of them (`user` of `uid`; `cgroup`
-/// and `unit` of `cgroup_id`).
-const IDENTITY_FIELDS: [&str; 7] = ["uid", "user", "exe", "cgroup", "cgroup_id", "agent", "unit"];
-/// Builtins whose result is not a function of their arguments.
-const IMPURE: [&str; 7] = [
-    "time.now_ns",
-    "rand.intn",
-    "uuid.rfc4122",
-    "uuid.parse",
-    "http.send",
-    "opa.runtime",
-    "net.lookup_ip_addr",
-];
-
-/// Why connect decisions of this bundle must not be cached, if they must
-/// not: a reference to an input field outside the key, to `input` or
-/// `input.identity` as a whole (iteration, `with`, imports), or to an
-/// impure builtin, anywhere outside comments and strings of a non-test
-/// file. Deliberately coarse: a false alarm only costs speed.
-pub fn uncacheable(files: &[SourceFile]) -> Option<String> {
-    for f in files {
-        if !f.name.ends_with(".rego") || f.name.ends_with("_test.rego") {
-            continue;
-        }
-        for name in dotted_names(&f.text) {
-            if let Some(why) = check_name(&name) {
-                return Some(format!("{}: {why}", f.name));
-            }
-        }
-    }
-    None
-}
-
-fn check_name(name: &str) -> Option<String> {
-    if IMPURE.contains(&name) {
-        return Some(format!("calls {name}"));
-    }
-    let mut parts = name.split('.');
-    if parts.next() != Some("input") {
-        return None;
-    }
-    match (parts.next(), parts.next()) {
-        (Some("target" | "request"), _) => None,
-        (Some("identity"), Some(field)) if IDENTITY_FIELDS.contains(&field) => None,
-        _ => Some(format!("uses {name}")),
-    }
-}
-
-/// `a.b.c` runs of identifier characters and dots, outside comments and
-/// string literals, that do not follow a dot (so `x.input` is not `input`).
-fn dotted_names(text: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut chars = text.chars().peekable();
-    let mut prev = ' ';
-    while let Some(c) = chars.next() {
-        match c {
-            '#' => {
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        break;
-                    }
-                }
-                prev = '\n';
-            }
-            '"' => {
-                while let Some(c) = chars.next() {
-                    match c {
-                        '\\' => {
-                            chars.next();
-                        }
-                        '"' | '\n' => break,
-                        _ => {}
-                    }
-                }
-                prev = '"';
-            }
-            '`' => {
-                for c in chars.by_ref() {
-                    if c == '`' {
-                        break;
-                    }
-                }
-                prev = '`';
-            }
-            c if c.is_ascii_alphabetic() || c == '_' => {
-                let mut name = String::from(c);
-                while let Some(&n) = chars.peek() {
-                    if n.is_ascii_alphanumeric() || n == '_' || n == '.' {
-                        name.push(n);
-                        chars.next();
-                    } else {
-                        break;
-                    }
-                }
-                let name = name.trim_end_matches('.').to_owned();
-                if prev != '.' {
-                    names.push(name);
-                }
-                prev = 'a';
-            }
-            c if c.is_whitespace() => {}
-            c => prev = c,
-        }
-    }
-    names
 }

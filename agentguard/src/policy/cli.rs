@@ -65,9 +65,12 @@ fn check(dir: &Path) -> anyhow::Result<i32> {
         dir.display()
     );
     println!("engine: {}", bundle.path_description());
-    match &bundle.connect_uncacheable {
-        None => println!("connect decision cache: on"),
-        Some(why) => println!("connect decision cache: off ({why})"),
+    match &bundle.reads.uncacheable {
+        None => println!(
+            "decision cache: on (key: bundle, {})",
+            bundle.reads.describe()
+        ),
+        Some(why) => println!("decision cache: off ({why})"),
     }
     Ok(0)
 }

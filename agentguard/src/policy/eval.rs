@@ -1,4 +1,12 @@
-//! Evaluation off the proxy's threads, under a watchdog.
+//! Where a decision is evaluated: on the caller's thread when the VM's own
+//! limits bound it, else off the proxy's threads, under a watchdog.
+//!
+//! Inline: a bundle on the bytecode VM whose builtins all cost time linear
+//! in their arguments (`reads.rs`) is stopped by the VM's instruction limit
+//! and its timer (checked between instructions) within a small factor of
+//! the budget, so it runs on the connection's own task with no hand-off.
+//! Each thread keeps its own loaded VM per bundle. A timer or limit error
+//! is a deny like any other.
 //!
 //! regorus bounds Rego-level work (the interpreter's execution timer, the
 //! VM's timer and instruction limit), but a single builtin call (a huge
@@ -138,6 +146,32 @@ impl Queue {
         *self.lock() = None;
         self.ready.notify_all();
     }
+}
+
+thread_local! {
+    /// This thread's evaluator for inline decisions, keyed by bundle id.
+    static INLINE: std::cell::RefCell<Option<(u64, Evaluator)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Evaluates on this thread; only for bundles whose evaluation the VM's
+/// limits bound ([`Bundle::inline`]). A panic in the engine is a deny.
+pub fn evaluate_inline(bundle: &Bundle, input: Value) -> Result<Value, String> {
+    INLINE.with(|cell| {
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            return Err("policy evaluation re-entered on one thread".into());
+        };
+        let evaluator = match &mut *slot {
+            Some((id, evaluator)) if *id == bundle.id => evaluator,
+            slot => &mut slot.insert((bundle.id, bundle.evaluator()?)).1,
+        };
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| evaluator.eval(input)));
+        run.unwrap_or_else(|_| {
+            // Whatever state the panic left is not reused.
+            *slot = None;
+            Err("the policy engine panicked".into())
+        })
+    })
 }
 
 pub struct Pool {

@@ -435,7 +435,8 @@ fn shipped_policies_run_on_the_vm() {
     let files = bundle::read_dir(&dir).expect("read policies/");
     let b = Bundle::compile_with(&files, DEFAULT_BUDGET, true).expect("compile policies/");
     assert_eq!(b.path(), EvalPath::Vm, "{}", b.path_description());
-    assert_eq!(b.connect_uncacheable, None);
+    assert_eq!(b.reads.uncacheable, None);
+    assert_eq!(b.inline(), Ok(()));
     // No state file: it would land in the repository's policies/ folder.
     let e = PolicyEngine::with_options(Origin::Dir(dir.clone()), None, SLACK, true);
     let state = e.state();
@@ -616,16 +617,21 @@ fn connect_decisions_are_cached_per_key_and_reload_clears_them() {
 #[test]
 fn cache_is_bounded() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write(dir.path(), "p.rego", ALLOW);
+    // Reads the port and the uid: every input below has its own key.
+    write(
+        dir.path(),
+        "p.rego",
+        "package agentguard\nimport rego.v1\ndecision := {\"action\": \"allow\"} if input.target.port + input.identity.uid >= 0\n",
+    );
     let e = engine(dir.path());
-    for i in 0..(CONNECT_CACHE_CAPACITY + 500) {
+    for i in 0..(DECISION_CACHE_CAPACITY + 500) {
         let mut input = connect_input("coder", 1);
         input.target.port = (i % 60_000) as u16;
         input.identity.uid = (i / 60_000) as u32;
         e.decide(&input);
-        assert!(e.cached_decisions() <= CONNECT_CACHE_CAPACITY);
+        assert!(e.cached_decisions() <= DECISION_CACHE_CAPACITY);
     }
-    assert!(e.cached_decisions() > CONNECT_CACHE_CAPACITY / 4);
+    assert!(e.cached_decisions() > DECISION_CACHE_CAPACITY / 4);
 }
 
 #[test]
@@ -656,80 +662,105 @@ fn policy_errors_and_timeouts_are_not_cached() {
 }
 
 #[test]
-fn bundles_reading_fields_outside_the_key_are_not_cached() {
-    let f = |text: &str| {
-        vec![SourceFile {
-            name: "p.rego".into(),
-            text: text.into(),
-        }]
-    };
-    let base = "package agentguard\nimport rego.v1\n";
-    for (rule, uncached) in [
-        (
-            "decision := {\"action\": \"allow\"} if input.identity.agent == \"a\"",
-            false,
-        ),
-        (
-            "decision := {\"action\": \"allow\"} if input.target.labels[_] == \"a\"",
-            false,
-        ),
-        (
-            "# input.identity.pid in a comment\nx := \"input.identity.pid in a string\"",
-            false,
-        ),
-        (
-            "decision := {\"action\": \"allow\"} if input.identity.pid > 1",
-            true,
-        ),
-        (
-            "decision := {\"action\": \"allow\"} if \"x\" in input.identity.cmdline",
-            true,
-        ),
-        (
-            "decision := {\"action\": \"allow\"} if input.identity.comm == \"sh\"",
-            true,
-        ),
-        (
-            "decision := {\"action\": \"allow\"} if input.identity[\"pid\"] > 1",
-            true,
-        ),
-        (
-            "decision := {\"action\": \"allow\"} if count(input) > 1",
-            true,
-        ),
-        (
-            "decision := {\"action\": \"allow\"} if time.now_ns() > 1",
-            true,
-        ),
-        ("import input.identity as who\nx := who.pid", true),
-    ] {
-        let why = cache::uncacheable(&f(&format!("{base}{rule}\n")));
-        assert_eq!(why.is_some(), uncached, "{rule}: {why:?}");
-    }
-    // Test files are not looked at.
-    let tests = vec![SourceFile {
-        name: "p_test.rego".into(),
-        text: "package p_test\ntest_x if data.x with input as {}\n".into(),
-    }];
-    assert_eq!(cache::uncacheable(&tests), None);
-
+fn fields_the_bundle_reads_are_in_the_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     write(
         dir.path(),
         "p.rego",
-        "package agentguard\nimport rego.v1\ndecision := {\"action\": \"allow\"} if input.identity.pid > 1\n",
+        "package agentguard\nimport rego.v1\ndecision := {\"action\": \"allow\", \"reason\": sprintf(\"%d\", [input.identity.pid])}\n",
+    );
+    let e = engine(dir.path());
+    assert_eq!(e.state().reads.as_deref(), Some("identity.pid"));
+    // pid is read, so two pids are two keys, each with its own answer.
+    assert_eq!(e.decide(&connect_input("coder", 1)).reason, "1");
+    assert_eq!(e.decide(&connect_input("coder", 2)).reason, "2");
+    assert_eq!(e.decide(&connect_input("other", 1)).reason, "1");
+    assert_eq!(e.cached_decisions(), 2);
+}
+
+#[test]
+fn impure_bundles_are_not_cached() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "p.rego",
+        "package agentguard\nimport rego.v1\ndecision := {\"action\": \"allow\"} if time.now_ns() > 1\n",
     );
     let e = engine(dir.path());
     assert!(
         e.state()
             .connect_cache
             .as_deref()
-            .is_some_and(|s| s.starts_with("off (p.rego: uses input.identity.pid")),
+            .is_some_and(|s| s.starts_with("off (p.rego: calls time.now_ns")),
         "{:?}",
         e.state()
     );
     e.decide(&connect_input("coder", 2));
     assert_eq!(e.cached_decisions(), 0);
+}
+
+fn sql_input(sql: &str, database: &str) -> Input {
+    Input {
+        request: crate::decide::Request::Sql(crate::pg::SqlRequest {
+            sql: sql.into(),
+            statements: Vec::new(),
+            parse_error: None,
+            database: Some(database.into()),
+            db_user: None,
+            application_name: None,
+            protocol: "simple",
+        }),
+        ..connect_input("coder", 1)
+    }
+}
+
+/// The cache rule: requests that differ in a field the live bundle reads
+/// never get each other's decision, also after a reload that starts reading
+/// a new field.
+#[test]
+fn cache_never_serves_a_decision_across_a_read_field() {
+    let v1 = "package agentguard\nimport rego.v1\n\
+        default decision := {\"action\": \"allow\", \"reason\": \"v1\"}\n\
+        decision := {\"action\": \"deny\", \"reason\": \"drop\"} if contains(input.request.sql, \"drop\")\n";
+    let v2 = "package agentguard\nimport rego.v1\n\
+        default decision := {\"action\": \"allow\", \"reason\": \"v2\"}\n\
+        decision := {\"action\": \"deny\", \"reason\": \"drop\"} if contains(input.request.sql, \"drop\")\n\
+        decision := {\"action\": \"deny\", \"reason\": \"prod\"} if { not contains(input.request.sql, \"drop\"); input.request.database == \"prod\" }\n";
+    for (vm, path) in PATHS {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "p.rego", v1);
+        let e = engine_on(dir.path(), vm);
+        assert_eq!(live_path(&e), path);
+        assert_eq!(e.state().reads.as_deref(), Some("request.sql"));
+        let answer = |sql: &str, db: &str| {
+            let d = e.decide(&sql_input(sql, db));
+            (d.action, d.reason)
+        };
+        let allow = |r: &str| (Action::Allow, r.to_owned());
+        let deny = |r: &str| (Action::Deny, r.to_owned());
+        // v1 does not read the database: one key for both.
+        assert_eq!(answer("select 1", "dev"), allow("v1"), "{path:?}");
+        assert_eq!(answer("select 1", "prod"), allow("v1"), "{path:?}");
+        assert_eq!(e.cached_decisions(), 1);
+        // The text is read: another text is another key.
+        assert_eq!(answer("drop table t", "dev"), deny("drop"), "{path:?}");
+        assert_eq!(answer("select 1", "dev"), allow("v1"), "{path:?}");
+        assert_eq!(e.cached_decisions(), 2);
+        // v2 reads the database too.
+        write(dir.path(), "p.rego", v2);
+        assert!(matches!(e.reload(), Ok(ReloadOutcome::Loaded(_))));
+        assert_eq!(e.cached_decisions(), 0);
+        assert_eq!(
+            e.state().reads.as_deref(),
+            Some("request.database, request.sql")
+        );
+        for _ in 0..2 {
+            assert_eq!(answer("select 1", "dev"), allow("v2"), "{path:?}");
+            assert_eq!(answer("select 1", "prod"), deny("prod"), "{path:?}");
+            assert_eq!(answer("drop table t", "prod"), deny("drop"), "{path:?}");
+        }
+        assert_eq!(e.cached_decisions(), 3);
+    }
 }
 
 #[test]
@@ -751,7 +782,7 @@ fn interpreter_fallback_is_reported() {
     assert!(
         lines.last().is_some_and(|l| l
             .starts_with("policy:    evaluated by interpreter (VM turned off")
-            && l.ends_with("connect decision cache on")),
+            && l.ends_with("decision cache on (key: bundle, nothing from input)")),
         "{lines:?}"
     );
 }
@@ -943,6 +974,7 @@ fn status_lines_show_failure_and_live_version() {
         last_error: Some("policy does not compile: x".into()),
         engine: Some("rvm (bytecode VM)".into()),
         connect_cache: Some("on".into()),
+        reads: None,
     };
     write_state(&dir.path().join(STATE_FILE), &state).expect("write");
     let lines = status_lines(dir.path(), true);
@@ -956,7 +988,7 @@ fn status_lines_show_failure_and_live_version() {
     );
     assert_eq!(
         lines[2],
-        "policy:    evaluated by rvm (bytecode VM); connect decision cache on"
+        "policy:    evaluated by rvm (bytecode VM); decision cache on"
     );
     assert_eq!(format_time(1_700_000_000), "2023-11-14T22:13:20Z");
 }
@@ -1064,4 +1096,50 @@ fn conflicting_values_deny_on_both_paths() {
             e.state().engine
         );
     }
+}
+
+#[test]
+fn prepared_inputs_are_the_same_document() {
+    // The reason shows the whole input: both encodings must give it alike.
+    let policy = "package agentguard\nimport rego.v1\n\
+        decision := {\"action\": \"allow\", \"reason\": json.marshal(input)}\n";
+    let reason = |prepared: Option<&crate::decide::Prepared>, input: &Input| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "p.rego", policy);
+        let e = engine(dir.path());
+        let d = match prepared {
+            Some(p) => e.decide_prepared(input, p),
+            None => e.decide(input),
+        };
+        assert_eq!(d.action, Action::Allow, "{}", d.reason);
+        d.reason
+    };
+    let prepared = crate::decide::Prepared::default();
+    // One connection: the same identity and target, two requests.
+    for input in [connect_input("coder", 1), sql_input("select 1", "dev")] {
+        assert_eq!(reason(Some(&prepared), &input), reason(None, &input));
+    }
+}
+
+#[test]
+fn a_cache_that_never_hits_is_only_sampled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "p.rego",
+        "package agentguard\nimport rego.v1\ndecision := {\"action\": \"allow\"} if contains(input.request.sql, \"s\")\n",
+    );
+    let e = engine(dir.path());
+    // Every text its own: past the warm-up only one in 64 is stored.
+    for i in 0..8192 {
+        e.decide(&sql_input(&format!("select {i}"), "dev"));
+    }
+    let puts = e.cache_puts();
+    assert!((4096..=4096 + 4096 / 64 + 1).contains(&puts), "{puts}");
+    // Answers never depend on it.
+    assert_eq!(e.decide(&sql_input("no", "dev")).action, Action::Deny);
+    assert_eq!(
+        e.decide(&sql_input("select 1", "dev")).action,
+        Action::Allow
+    );
 }

@@ -685,6 +685,14 @@ fn table(results: &[(Path6, Vec<Wrk>, Vec<Wrk>)], connections: u32) -> String {
             added / haproxy_added,
             verdict(vs_mitm >= 10.0),
         );
+        let _ = writeln!(
+            out,
+            "issue 14: goal 32 conns ≥ 0.3× direct req/s: {} ({ratio:.2}×); \
+             goal 1-conn added p50 ≤ 2× haproxy's: {} ({:.2}×)",
+            verdict(ratio >= 0.3),
+            verdict(added <= 2.0 * haproxy_added.max(0.0)),
+            added / haproxy_added,
+        );
     }
     out
 }

@@ -745,6 +745,16 @@ fn table(results: &[(Workload, PgPath, Vec<Report>)]) -> String {
             "goal ≥ 0.8× direct TPS on select-only: {} ({ratio:.2}×)",
             verdict(ratio >= 0.8),
         );
+        if let Some((b_tps, _)) = find(Workload::SelectOnly, PgPath::Pgbouncer) {
+            let _ = writeln!(
+                out,
+                "issue 14: goal select-only ≥ 0.6× direct TPS: {} ({ratio:.2}×); \
+                 goal select-only ≥ 0.85× pgbouncer's TPS: {} ({:.2}×)",
+                verdict(ratio >= 0.6),
+                verdict(g_tps / b_tps >= 0.85),
+                g_tps / b_tps,
+            );
+        }
     }
     for workload in WORKLOADS {
         let audited = find(workload, PgPath::Agentguard);
