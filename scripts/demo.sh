@@ -4,7 +4,7 @@
 # may not reach), showing each decision.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[[ $(id -u) -eq 0 ]] || { echo "run as root: sudo scripts/demo.sh" >&2; exit 1; }
+[[ $(id -u) -eq 0 ]] || { echo "scripts/demo.sh must run as root (it installs packages and loads eBPF programs): as root, bash scripts/demo.sh (or sudo bash scripts/demo.sh)" >&2; exit 1; }
 
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 bash scripts/setup.sh >/dev/null

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ $(id -u) -ne 0 ]]; then
-  echo "scripts/test.sh must run as root (it installs packages and loads eBPF programs): sudo scripts/test.sh" >&2
+  echo "scripts/test.sh must run as root (it installs packages and loads eBPF programs): as root, bash scripts/test.sh (or sudo bash scripts/test.sh)" >&2
   exit 1
 fi
 

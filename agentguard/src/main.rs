@@ -181,7 +181,9 @@ fn default_log(cli: &Cli) -> &'static str {
             // exec's stderr is the guarded command's: a client already
             // shows each refusal in its own protocol, so per-request lines
             // stay out; a hold still says how to answer it.
-            0 => "warn,agentguard::proxy=error,agentguard::pg=error,agentguard::http=error",
+            0 => {
+                "warn,agentguard::proxy=error,agentguard::pg=error,agentguard::http=error,agentguard::pipeline=error,agentguard::refusals=error"
+            }
             1 => "info",
             2 => "debug",
             _ => "trace",
