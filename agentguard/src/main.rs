@@ -167,10 +167,28 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
-            eprintln!("agentguard: {e:#}");
+            eprintln!("agentguard: {}", error_chain(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// An error and its causes, each said once: most of our messages already
+/// name their cause (`cannot read config X: No such file…`), so anyhow's
+/// `{:#}` would repeat it.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// Without AGENTGUARD_LOG: info for the daemon, warnings for the CLI.
@@ -498,7 +516,7 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
                 config.control_socket().display(),
                 v["approvals_pending"]
             ),
-            Err(e) => println!("control:   {e:#}"),
+            Err(e) => println!("control:   {}", error_chain(&e.into())),
         }
     }
     if daemon::running(&config.run_dir).is_some()

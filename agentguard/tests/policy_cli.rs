@@ -209,3 +209,24 @@ fn reload_without_daemon_is_an_error() {
         text(&out.stderr)
     );
 }
+
+/// Each cause once, however the error was wrapped.
+#[test]
+fn a_missing_config_names_its_cause_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nothing-here.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_agentguard"))
+        .arg("--config")
+        .arg(&missing)
+        .arg("status")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "the cause said once: {err}"
+    );
+}
