@@ -13,6 +13,8 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 packages=(
   iproute2 util-linux procps psmisc curl python3 haproxy dnsmasq-base dnsutils
   postgresql postgresql-client pgbouncer nginx
+  # The Redis guard: a real server, redis-cli, redis-benchmark, redis-py.
+  redis-server redis-tools python3-redis
   # The service tests: systemd-analyze verify, groupadd, setpriv, and a real
   # OpenMetrics parser for the metrics endpoint.
   systemd passwd python3-prometheus-client
