@@ -15,6 +15,8 @@ packages=(
   # The escape suite sends ICMP with ping itself (ping sockets, raw sockets).
   iputils-ping
   postgresql postgresql-client pgbouncer nginx
+  # The Redis guard: a real server, redis-cli, redis-benchmark, redis-py.
+  redis-server redis-tools python3-redis
   # The service tests: systemd-analyze verify, groupadd, setpriv, and a real
   # OpenMetrics parser for the metrics endpoint.
   systemd passwd python3-prometheus-client

@@ -63,6 +63,8 @@ pub enum Request {
     Llm(crate::http::LlmRequest),
     /// One message the agent sends over an allowed WebSocket upgrade.
     WebSocket(crate::http::WebSocketMessage),
+    /// One Redis command (targets with protocol redis).
+    Redis(crate::redis::RedisRequest),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod proxy;
 pub mod redirect;
+pub mod redis;
 pub mod refusals;
 pub mod sandbox;
 pub mod socket_kinds;

@@ -28,6 +28,7 @@ use crate::{
     identity::{AgentRegistry, Identity},
     net, pg,
     redirect::Redirect,
+    redis,
 };
 
 pub struct Proxy {
@@ -324,6 +325,20 @@ impl Proxy {
                         Ok(()) => None,
                         Err(e) => {
                             warn!("postgres session closed: {e}");
+                            Some(e.to_string())
+                        }
+                    };
+                    session.end(0, 0, error).await;
+                }
+                Protocol::Redis => {
+                    let guard = redis::session::RedisGuard {
+                        guarded: self.guarded(input, &session),
+                        masker: self.config.masker.0.clone(),
+                    };
+                    let error = match redis::session::run(guard, client, upstream).await {
+                        Ok(()) => None,
+                        Err(e) => {
+                            warn!("redis session closed: {e}");
                             Some(e.to_string())
                         }
                     };
