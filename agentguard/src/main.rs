@@ -516,7 +516,7 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
                 config.control_socket().display(),
                 v["approvals_pending"]
             ),
-            Err(e) => println!("control:   {}", error_chain(&e.into())),
+            Err(e) => println!("control:   {}", error_chain(&e)),
         }
     }
     if daemon::running(&config.run_dir).is_some()
