@@ -99,7 +99,7 @@ pub async fn audit(
 /// Who asked and what: the origin fields the identity needs, the summary
 /// and the reason.
 fn describe(event: &KernelRefusal) -> (Origin, String, String) {
-    let (origin, summary, reason) = match event {
+    match event {
         KernelRefusal::Unix(e) => {
             let path = unixguard::display_path(&e.path);
             let origin = Origin {
@@ -151,8 +151,7 @@ fn describe(event: &KernelRefusal) -> (Origin, String, String) {
                 ),
             }
         }
-    };
-    (origin, summary, reason)
+    }
 }
 
 async fn record(
