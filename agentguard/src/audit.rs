@@ -140,6 +140,8 @@ pub struct Stats {
     pub overload_unrecorded: AtomicU64,
     pub write_errors: AtomicU64,
     pub expired: AtomicU64,
+    /// Short transactions size retention has run.
+    pub trim_steps: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, Default)]
@@ -151,6 +153,8 @@ pub struct StatsSnapshot {
     pub overload_denied: u64,
     pub write_errors: u64,
     pub expired: u64,
+    #[serde(default)]
+    pub trim_steps: u64,
     pub queued: usize,
     pub file_bytes: u64,
 }
@@ -231,6 +235,8 @@ pub struct OpenOptions {
     pub stats_file: Option<PathBuf>,
     /// How often retention runs (default 60 s).
     pub retention_interval: Option<std::time::Duration>,
+    /// Decisions deleted per size-retention step (tests make it small).
+    pub retention_step: Option<usize>,
 }
 
 /// Opens the database in `dir` and starts its writer. With `[audit]
@@ -250,12 +256,13 @@ pub fn open(
             },
         ));
     }
-    let store = store::Store::open(dir)?;
+    let mut store = store::Store::open(dir)?;
     let journal_dir = dir.join(journal::DIR_NAME);
     if let Err(e) = journal::recover(&journal_dir, &store) {
         // Left in place: the next writer to open the log tries again.
         error!("audit: cannot replay the journal of a stopped writer: {e}");
     }
+    writer::shrink_at_open(&mut store, config.audit.max_db_bytes);
     let journal = match journal::Journal::create(&journal_dir) {
         Ok(j) => Some(j),
         Err(e) => {
@@ -300,6 +307,7 @@ pub fn open(
             interval: options
                 .retention_interval
                 .unwrap_or(std::time::Duration::from_secs(60)),
+            step: options.retention_step.unwrap_or(writer::EXPIRE_STEP).max(1),
         },
         stats_file: options.stats_file,
         capacity,
@@ -337,10 +345,13 @@ pub fn open(
 /// (root), else a per-user one.
 pub fn writable_state_dir(config: &Config) -> PathBuf {
     let wanted = &config.state_dir;
-    if std::fs::create_dir_all(wanted).is_ok() && dir_writable(wanted) {
+    if crate::perms::secure_state_dir(wanted).is_ok() && dir_writable(wanted) {
         return wanted.clone();
     }
     let fallback = user_state_dir();
+    if let Err(e) = crate::perms::secure_state_dir(&fallback) {
+        warn!("cannot secure {}: {e}", fallback.display());
+    }
     warn!(
         state_dir = %wanted.display(),
         fallback = %fallback.display(),

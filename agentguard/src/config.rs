@@ -277,7 +277,8 @@ pub struct Audit {
     /// Records older than this are deleted in the background.
     #[serde(default = "default_retention_days")]
     pub retention_days: u64,
-    /// Oldest records are deleted (and the file compacted) past this size.
+    /// Past 90% of this in use, the oldest records are deleted (in short
+    /// steps, down to 80%); a file past it at start is compacted then.
     #[serde(default = "default_max_db_bytes")]
     pub max_db_bytes: u64,
     /// When the writer falls behind and the queue is full: slow the data

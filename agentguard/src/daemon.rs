@@ -160,6 +160,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let _reloader = Reloader::spawn(Arc::clone(&policy), true);
     ensure_bpffs(&config.bpffs_dir)?;
+    crate::perms::secure_state_dir(&config.state_dir)
+        .with_context(|| format!("cannot secure state_dir {}", config.state_dir.display()))?;
     // Before anything is served: a guard that cannot record does not start.
     let (recorder, audit_writer) = audit::open(
         &config.state_dir,

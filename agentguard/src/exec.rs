@@ -214,12 +214,13 @@ async fn run_child(cg: &Cgroup, program: &str, args: &[String]) -> anyhow::Resul
     let filter = crate::sandbox::filter()?;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args);
-    // SAFETY: only write(2), seccomp(2) and prctl(2) between fork and exec,
+    // SAFETY: only umask(2), write(2), seccomp(2) and prctl(2) between fork and exec,
     // on an fd and a filter made before the fork. The child joins the cgroup
     // and takes the filter before it runs a single instruction of the
     // command, so nothing it does escapes the guard.
     unsafe {
         cmd.pre_exec(move || {
+            libc::umask(crate::perms::original_umask());
             let n = libc::write(procs_fd, b"0".as_ptr().cast(), 1);
             if n != 1 {
                 return Err(std::io::Error::last_os_error());

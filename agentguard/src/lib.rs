@@ -15,6 +15,7 @@ pub mod http;
 pub mod identity;
 pub mod metrics;
 pub mod net;
+pub mod perms;
 pub mod pg;
 pub mod pipeline;
 pub mod policy;

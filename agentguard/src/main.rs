@@ -145,6 +145,9 @@ impl CgroupArg {
 }
 
 fn main() -> ExitCode {
+    // Before any file is made: the audit log and approvals are not for
+    // every local user, whatever umask we were started with.
+    agentguard::perms::restrict_umask();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTGUARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log(&cli)));

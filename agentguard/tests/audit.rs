@@ -486,3 +486,49 @@ fn killed_daemon_loses_no_record_of_an_answered_statement() {
     let (text, _, _) = cli(&d.config, &["audit", "--json", "--agent", "agent"]);
     assert!(text.contains("after-restart"), "{text}");
 }
+
+/// The audit log holds identities and SQL text: whatever umask agentguard
+/// is started with, nothing it keeps is readable by every local user, a
+/// folder an earlier run left open is narrowed (and said so), and the
+/// guarded command still gets the caller's umask. The command itself lists
+/// the modes, while the database and the live journal are open.
+#[test]
+fn state_files_are_private_whatever_the_umask() {
+    require_root();
+    use std::os::unix::fs::PermissionsExt as _;
+    let config = TestConfig::new("");
+    let state = config.dir.path().join("state");
+    fs::create_dir_all(&state).expect("state");
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o777)).expect("chmod");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(format!(
+        "umask 0000; exec '{}' --config '{}' exec -- sh -c 'umask; find \"$0\" -exec stat -c \"%a %n\" {{}} +' '{}'",
+        bin(),
+        config.path().display(),
+        state.display()
+    ));
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}{text}", stderr(&out));
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("0000"),
+        "the command keeps the caller's umask"
+    );
+    assert!(
+        stderr(&out).contains("was mode 0777"),
+        "the narrowed folder is reported: {}",
+        stderr(&out)
+    );
+    let modes: Vec<(u32, &str)> = lines
+        .filter_map(|l| l.split_once(' '))
+        .map(|(m, p)| (u32::from_str_radix(m, 8).expect("octal mode"), p))
+        .collect();
+    for (mode, path) in &modes {
+        assert_eq!(mode & 0o027, 0, "{path} is mode {mode:o}");
+    }
+    let has = |name: &str| modes.iter().any(|(_, p)| p.contains(name));
+    assert!(has("agentguard.redb"), "the database was open: {modes:?}");
+    assert!(has("/audit-journal/"), "a journal was open: {modes:?}");
+}

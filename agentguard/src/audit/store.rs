@@ -342,24 +342,43 @@ impl Store {
     }
 
     /// Deletes the oldest `fraction` of decisions and of sessions.
-    pub fn trim_oldest(&self, fraction: f64) -> Result<usize, AuditError> {
+    /// Deletes up to `decisions` of the oldest decisions and `sessions` of
+    /// the oldest sessions (with their frames), in one short transaction.
+    pub fn trim_oldest(&self, decisions: usize, sessions: usize) -> Result<usize, AuditError> {
         let txn = self.db()?.begin_write()?;
         let n = {
             let mut t = Tables::open(&txn)?;
-            let mut sessions = txn.open_table(SESSIONS)?;
-            let part = |len: u64| ((len as f64 * fraction).ceil() as usize).max(1);
-            let nd = part(t.decisions.len()?);
-            let ns = part(sessions.len()?);
-            let (d, _) = t.pop_decisions(nd, |_| true)?;
-            let (s, _) = pop_sessions(&mut sessions, &mut t.frames, ns, |_| true)?;
+            let mut s = txn.open_table(SESSIONS)?;
+            let (d, _) = t.pop_decisions(decisions, |_| true)?;
+            let (s, _) = pop_sessions(&mut s, &mut t.frames, sessions, |_| true)?;
             d + s
         };
         txn.commit()?;
         Ok(n)
     }
 
+    /// How many decisions and sessions the log holds.
+    pub fn lens(&self) -> Result<(u64, u64), AuditError> {
+        let txn = self.db()?.begin_read()?;
+        Ok((
+            txn.open_table(DECISIONS)?.len()?,
+            txn.open_table(SESSIONS)?.len()?,
+        ))
+    }
+
+    /// Bytes in allocated pages (the file may be longer: it grows in steps,
+    /// and pages freed by deletions are reused before it grows again).
+    /// Pages a commit freed count until a later commit releases them.
+    pub fn used_bytes(&self) -> Result<u64, AuditError> {
+        let txn = self.db()?.begin_write()?;
+        let stats = txn.stats()?;
+        txn.abort()?;
+        Ok(stats.allocated_pages() * stats.page_size() as u64)
+    }
+
     /// Gives free space back to the file system. Fails (harmlessly) while a
-    /// reader in another process is mid-transaction.
+    /// reader in another process is mid-transaction. Rewrites the whole
+    /// file: only before the log serves anyone.
     pub fn compact(&mut self) -> Result<bool, AuditError> {
         let Some(db) = self.db.as_mut() else {
             return Ok(false);

@@ -77,26 +77,31 @@ fn open_with(dir: &Path, cfg: &Config, interval: Option<Duration>) -> (Recorder,
         OpenOptions {
             stats_file: None,
             retention_interval: interval,
+            retention_step: None,
         },
     )
     .expect("open")
+}
+
+/// Queues one allowed `SELECT {i}` (padded with `filler`) per `i`.
+async fn fill(rec: &Recorder, range: std::ops::Range<usize>, filler: &str) {
+    for i in range {
+        let sql = if filler.is_empty() {
+            format!("SELECT {i}")
+        } else {
+            format!("SELECT {i} /* {filler} */")
+        };
+        rec.decision(record("coder", 1000, "db", Action::Allow, &sql))
+            .await
+            .expect("queued");
+    }
 }
 
 #[tokio::test]
 async fn batches_and_reads_back() {
     let dir = tempfile::tempdir().expect("tmp");
     let (rec, writer) = open_with(dir.path(), &config(""), None);
-    for i in 0..2000 {
-        rec.decision(record(
-            "coder",
-            1000,
-            "db",
-            Action::Allow,
-            &format!("SELECT {i}"),
-        ))
-        .await
-        .expect("queued");
-    }
+    fill(&rec, 0..2000, "").await;
     rec.flush().await;
     let stats = rec.stats().expect("enabled");
     assert_eq!(stats.written, 2000);
@@ -452,11 +457,11 @@ async fn the_writer_expires_old_records_itself() {
 #[tokio::test]
 async fn retention_by_size_keeps_the_file_bounded() {
     let dir = tempfile::tempdir().expect("tmp");
-    let max = 1u64 << 20;
+    let max = 4u64 << 20;
     let cfg = config(&format!("[audit]\nmax_db_bytes = {max}\n"));
     let (rec, writer) = open_with(dir.path(), &cfg, Some(Duration::from_millis(10)));
     let filler = "x".repeat(2000);
-    for i in 0..2500 {
+    for i in 0..5000 {
         rec.decision(record(
             "coder",
             1000,
@@ -466,9 +471,9 @@ async fn retention_by_size_keeps_the_file_bounded() {
         ))
         .await
         .expect("queued");
-        if i % 250 == 0 {
+        if i % 50 == 0 {
             rec.flush().await;
-            tokio::time::sleep(Duration::from_millis(30)).await;
+            tokio::time::sleep(Duration::from_millis(15)).await;
         }
     }
     rec.flush().await;
@@ -478,16 +483,114 @@ async fn retention_by_size_keeps_the_file_bounded() {
     let len = std::fs::metadata(dir.path().join(store::FILE_NAME))
         .expect("file")
         .len();
-    // ~5 MB were written; the file stays near the limit.
+    // ~10 MB were written, at most 100 KB per batch; the file stays near the limit.
     assert!(
         len <= max + max / 2,
         "file is {len} bytes, limit {max}: {stats:?}"
     );
     let reader = store::Reader::open(dir.path()).expect("reader");
     let (n, _, _) = reader.counts().expect("counts");
-    assert!(n < 2500, "oldest records were deleted ({n} left)");
+    assert!(n < 5000, "oldest records were deleted ({n} left)");
     let newest = reader.decisions(&Default::default(), 1).expect("q");
-    assert!(newest[0].request.line().starts_with("SELECT 2499 "));
+    assert!(newest[0].request.line().starts_with("SELECT 4999 "));
+}
+
+/// A log past its size limit is trimmed in short steps between batches and
+/// never compacted while it serves: records keep being taken (a small
+/// queue with on_overload = deny refuses none), the file never shrinks
+/// under the writer, and each step deletes a bounded number of records.
+#[tokio::test]
+async fn size_retention_trims_in_steps_without_stopping_the_queue() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let max = 2u64 << 20;
+    let cfg = config(&format!(
+        "[audit]\nmax_db_bytes = {max}\nqueue = 64\non_overload = \"deny\"\n"
+    ));
+    let step = 50;
+    let (rec, writer) = super::open(
+        dir.path(),
+        &cfg,
+        OpenOptions {
+            stats_file: None,
+            retention_interval: Some(Duration::from_millis(10)),
+            retention_step: Some(step),
+        },
+    )
+    .expect("open");
+    let file = dir.path().join(store::FILE_NAME);
+    let filler = "x".repeat(1000);
+    let mut longest = 0u64;
+    let mut i = 0;
+    while rec.stats().expect("stats").trim_steps < 5 && i < 20_000 {
+        // At most 32 queued between flushes (the queue holds 64): a
+        // refusal means the writer stopped taking records.
+        rec.decision(record(
+            "coder",
+            1000,
+            "db",
+            Action::Allow,
+            &format!("SELECT {i} /* {filler} */"),
+        ))
+        .await
+        .expect("no refusal: the queue keeps moving while the log is trimmed");
+        i += 1;
+        if i % 32 == 0 {
+            rec.flush().await;
+            let len = std::fs::metadata(&file).expect("file").len();
+            assert!(
+                len >= longest,
+                "the file shrank under the writer: {len} < {longest}"
+            );
+            longest = len;
+        }
+    }
+    rec.flush().await;
+    let stats = rec.stats().expect("stats");
+    writer.close().await;
+    assert!(stats.trim_steps >= 5, "trimming ran in steps: {stats:?}");
+    assert!(
+        stats.expired <= stats.trim_steps * (step as u64 + 50),
+        "each step deletes a bounded number of records: {stats:?}"
+    );
+    assert_eq!(stats.overload_denied, 0, "{stats:?}");
+    assert!(
+        longest <= max + max / 2,
+        "file {longest} bytes, limit {max}"
+    );
+    let reader = store::Reader::open(dir.path()).expect("reader");
+    let newest = reader.decisions(&Default::default(), 1).expect("q");
+    assert!(
+        newest[0]
+            .request
+            .line()
+            .starts_with(&format!("SELECT {} ", i - 1))
+    );
+}
+
+/// A file already past its limit (the limit was lowered) is trimmed and
+/// compacted once, at open, before the log serves anyone.
+#[tokio::test]
+async fn a_file_past_its_limit_shrinks_at_open() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (rec, writer) = open_with(dir.path(), &config(""), None);
+    fill(&rec, 0..2000, &"y".repeat(2000)).await;
+    rec.flush().await;
+    writer.close().await;
+    let file = dir.path().join(store::FILE_NAME);
+    let before = std::fs::metadata(&file).expect("file").len();
+    let max = before / 4;
+    let (rec, writer) = open_with(
+        dir.path(),
+        &config(&format!("[audit]\nmax_db_bytes = {max}\n")),
+        None,
+    );
+    let after = std::fs::metadata(&file).expect("file").len();
+    rec.flush().await;
+    writer.close().await;
+    assert!(after <= max, "{before} bytes became {after}, limit {max}");
+    let reader = store::Reader::open(dir.path()).expect("reader");
+    let newest = reader.decisions(&Default::default(), 1).expect("q");
+    assert!(newest[0].request.line().starts_with("SELECT 1999 "));
 }
 
 #[tokio::test]

@@ -8,7 +8,8 @@
 //!   reply still waits for one of them: the journal is off or broken),
 //!   commits them in one transaction with the journal's mark, publishes the
 //!   ticket, and between batches runs retention in small steps so it never
-//!   holds the queue up for long.
+//!   holds the queue up for long (and never compacts the file: that is
+//!   done once, at open, if the file is past its limit).
 
 use std::{
     path::{Path, PathBuf},
@@ -24,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use super::{
-    Commits, DecisionRecord, Frame, Queued, RequestSummary, Stats, StatsSnapshot,
+    AuditError, Commits, DecisionRecord, Frame, Queued, RequestSummary, Stats, StatsSnapshot,
     journal::Journal,
     record::DecisionId,
     store::{Store, Write},
@@ -35,12 +36,16 @@ use crate::decide::{Action, Decision};
 const MAX_BATCH: usize = 2048;
 const LINGER: Duration = Duration::from_millis(50);
 /// Records deleted per retention step (one short transaction).
-const EXPIRE_STEP: usize = 2000;
+pub(super) const EXPIRE_STEP: usize = 2000;
+/// Sessions (each with its frames) deleted per size-retention step.
+const SESSION_STEP: usize = 50;
 
 pub(super) struct Retention {
     pub max_age_ns: u64,
     pub max_bytes: u64,
     pub interval: Duration,
+    /// Decisions deleted per size-retention step.
+    pub step: usize,
 }
 
 pub(super) struct Writer {
@@ -172,6 +177,7 @@ pub(super) fn snapshot(stats: &Stats, path: &Path, queued: usize) -> StatsSnapsh
         overload_denied: stats.overload_denied.load(Ordering::Relaxed),
         write_errors: stats.write_errors.load(Ordering::Relaxed),
         expired: stats.expired.load(Ordering::Relaxed),
+        trim_steps: stats.trim_steps.load(Ordering::Relaxed),
         queued,
         file_bytes: std::fs::metadata(path).map_or(0, |m| m.len()),
     }
@@ -225,9 +231,7 @@ impl Writer {
         let _entered = rt.enter();
         let mut next_retention = Instant::now();
         let mut next_stats = Instant::now();
-        // File length after the last trim: the file grows again only once
-        // the space freed then is used up.
-        let mut trimmed_at = 0u64;
+        let mut trim = Trim::default();
         let mut batch = Batch {
             writes: Vec::with_capacity(MAX_BATCH),
             ..Batch::default()
@@ -288,7 +292,7 @@ impl Writer {
                 }
             }
             if Instant::now() >= next_retention {
-                let more = self.retention_step(&mut trimmed_at);
+                let more = self.retention_step(&mut trim);
                 next_retention = Instant::now()
                     + if more {
                         Duration::from_millis(20)
@@ -411,7 +415,7 @@ fn sanitize(masker: Option<&Engine>, w: &mut Write) {
 impl Writer {
     /// Age first (cheap, in steps), then size. Returns whether more work
     /// is due right away.
-    fn retention_step(&mut self, trimmed_at: &mut u64) -> bool {
+    fn retention_step(&mut self, trim: &mut Trim) -> bool {
         if self.retention.max_age_ns > 0 {
             let cutoff = time::now_ns().saturating_sub(self.retention.max_age_ns);
             match self.store.expire(cutoff, EXPIRE_STEP) {
@@ -431,55 +435,136 @@ impl Writer {
         if max == 0 {
             return false;
         }
-        let mut len = self.store.file_len();
-        let high = max / 10 * 9;
-        // Between `high` and `max`, trim once per growth: the space freed
-        // last time is reused before the file grows again.
-        if len <= high || (len <= max && len <= *trimmed_at) {
-            return false;
-        }
-        if len > max {
-            // The file may be mostly free pages: learn the real size first.
-            self.compact();
-            len = self.store.file_len();
-            if len <= high {
-                *trimmed_at = len;
+        if trim.left.0 + trim.left.1 == 0 {
+            let used = match self.store.used_bytes() {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!("audit retention (size): {e}");
+                    return false;
+                }
+            };
+            // redb doubles the file when its data outgrows it: once a
+            // doubling would pass `max`, the file's length is the limit.
+            let len = self.store.file_len();
+            let limit = if len < max && len.saturating_mul(2) > max {
+                len
+            } else {
+                max
+            };
+            // Past 90% in use, a round down to 80%. Pages a commit freed
+            // count until later commits release them: the next round
+            // waits for two batches after the last one ended.
+            let batches = self.stats.batches.load(Ordering::Relaxed);
+            if used <= limit / 10 * 9 || batches < trim.after_batch {
                 return false;
             }
+            match share_to_trim(&self.store, used, limit) {
+                Ok(left) => trim.left = left,
+                Err(e) => {
+                    warn!("audit retention (size): {e}");
+                    return false;
+                }
+            }
+            info!(
+                used_bytes = used,
+                file_bytes = self.store.file_len(),
+                max_db_bytes = max,
+                decisions = trim.left.0,
+                sessions = trim.left.1,
+                "audit: database near its size limit, deleting the oldest records"
+            );
         }
-        // Down to 80% of the limit, oldest first.
-        let fraction = (1.0 - (max as f64 * 0.8) / len as f64).clamp(0.05, 0.9);
-        match self.store.trim_oldest(fraction) {
+        // The file is never compacted while it serves (a rewrite of the
+        // whole file stops every commit for seconds): deleted records free
+        // pages the next ones reuse.
+        let d = trim.left.0.min(self.retention.step);
+        let s = trim.left.1.min(SESSION_STEP);
+        match self.store.trim_oldest(d, s) {
             Ok(n) => {
                 self.stats.expired.fetch_add(n as u64, Ordering::Relaxed);
-                info!(
-                    records = n,
-                    file_bytes = len,
-                    max_db_bytes = max,
-                    "audit: database near its size limit, oldest records deleted"
-                );
+                self.stats.trim_steps.fetch_add(1, Ordering::Relaxed);
+                trim.left = (trim.left.0 - d, trim.left.1 - s);
+                if n == 0 {
+                    trim.left = (0, 0);
+                }
             }
             Err(e) => {
                 warn!("audit retention (size): {e}");
-                return false;
+                trim.left = (0, 0);
             }
         }
-        if len > max {
-            self.compact();
+        if trim.left.0 + trim.left.1 > 0 {
+            return true;
         }
-        *trimmed_at = self.store.file_len();
-        *trimmed_at > max
+        trim.after_batch = self.stats.batches.load(Ordering::Relaxed) + 2;
+        false
     }
+}
 
-    fn compact(&mut self) {
-        let before = self.store.file_len();
-        match self.store.compact() {
-            Ok(_) => debug!(before, after = self.store.file_len(), "audit: compacted"),
-            // A reader in another process holds a snapshot: next time.
-            Err(e) => debug!("audit: compaction postponed: {e}"),
+/// Size retention's progress: decisions and sessions still to delete in
+/// this round, and the batch count the next round waits for.
+#[derive(Default)]
+pub(super) struct Trim {
+    left: (usize, usize),
+    after_batch: u64,
+}
+
+/// How many of the oldest decisions and sessions to delete to bring `len`
+/// bytes down to 80% of `max` (records are assumed alike in size).
+fn share_to_trim(store: &Store, len: u64, max: u64) -> Result<(usize, usize), AuditError> {
+    let fraction = (1.0 - (max as f64 * 0.8) / len as f64).clamp(0.05, 0.9);
+    let (decisions, sessions) = store.lens()?;
+    let part = |n: u64| (n as f64 * fraction).ceil() as usize;
+    Ok((part(decisions), part(sessions)))
+}
+
+/// Before the log serves anyone: a file past `max` (the limit was lowered,
+/// or an older version let it grow) is trimmed to 80% and compacted, so it
+/// shrinks once rather than stalling commits later.
+pub(super) fn shrink_at_open(store: &mut Store, max: u64) {
+    let len = store.file_len();
+    if max == 0 || len <= max {
+        return;
+    }
+    let started = Instant::now();
+    let mut deleted = 0;
+    let used = store.used_bytes().unwrap_or(len);
+    let share = if used > max / 10 * 9 {
+        share_to_trim(store, used, max)
+    } else {
+        Ok((0, 0))
+    };
+    match share {
+        Ok((mut d, mut s)) => {
+            while d + s > 0 {
+                let (sd, ss) = (d.min(EXPIRE_STEP), s.min(SESSION_STEP));
+                match store.trim_oldest(sd, ss) {
+                    Ok(0) => break,
+                    Ok(n) => deleted += n,
+                    Err(e) => {
+                        warn!("audit retention (size): {e}");
+                        break;
+                    }
+                }
+                (d, s) = (d - sd, s - ss);
+            }
         }
+        Err(e) => warn!("audit retention (size): {e}"),
     }
+    if let Err(e) = store.compact() {
+        warn!("audit: cannot compact the database: {e}");
+    }
+    info!(
+        before = len,
+        after = store.file_len(),
+        records_deleted = deleted,
+        ms = started.elapsed().as_millis() as u64,
+        max_db_bytes = max,
+        "audit: the database was past its size limit; trimmed and compacted before serving"
+    );
+}
 
+impl Writer {
     fn write_stats(&self) {
         let Some(path) = &self.stats_file else { return };
         let queued = self.capacity.saturating_sub(self.rx.capacity());
