@@ -1,11 +1,15 @@
 # SQL (PostgreSQL `sql` and MySQL `mysql`): the proxy parses each query
 # into input.request.statements[] = {operation, operations, tables,
 # tables_read, tables_written, has_where, functions, copy_program,
-# copy_file}; input.request.sql is the raw text and parse_error is set when
-# the parser gave up. `operations` lists every operation inside a statement
+# copy_file}; input.request.sql is the raw text, input.request.sql_shape
+# the same lowercased with every literal replaced (numbers by ?, quoted
+# strings by '?'), and parse_error is set when the parser gave up. `operations` lists every operation inside a statement
 # (a data-modifying CTE `WITH d AS (DELETE …) SELECT …` is a select that
-# also deletes), so rules look at all of them. Rules also look at the raw
-# text, so a statement the parser could not classify is still caught.
+# also deletes), so rules look at all of them. Rules also look at the text
+# (its shape: a value is data, never a command), so a statement the parser
+# could not classify is still caught. Reading the shape rather than the raw
+# text lets statements that differ only in their values share one cached
+# decision; a rule that reads input.request.sql turns that off.
 package agentguard.sql
 
 import rego.v1
@@ -42,8 +46,8 @@ read_operations := {
 	"values", "table", "use",
 }
 
-raw := lower(input.request.sql) if {
-	is_string(input.request.sql)
+raw := input.request.sql_shape if {
+	is_string(input.request.sql_shape)
 } else := ""
 
 deny contains sprintf("SQL that agentguard cannot parse is not allowed (%s)", [input.request.parse_error]) if {

@@ -8,7 +8,7 @@ import data.agentguard.testing.dev
 import data.agentguard.testing.doc
 import data.agentguard.testing.prod
 
-sql(text, statements) := {"kind": "sql", "sql": text, "statements": statements, "database": "app", "db_user": "agent"}
+sql(text, statements) := {"kind": "sql", "sql": text, "sql_shape": lower(text), "statements": statements, "database": "app", "db_user": "agent"}
 
 stmt(op, tables, has_where) := {"operation": op, "tables": tables, "has_where": has_where}
 

@@ -166,14 +166,15 @@ pub struct Recorder {
     inner: Option<Arc<Inner>>,
 }
 
-/// What the channel carries: the write and its ticket (0: none).
-type Queued = (u64, Write);
+/// What the channel carries: the write's ticket (0: none), its journal
+/// entry (0: not journaled) and the write.
+type Queued = (u64, u64, Write);
 
 /// Tickets in channel order, and the committed watermark.
 pub(crate) struct Commits {
-    /// The last ticket handed out; held while a write enters the channel,
-    /// so tickets increase in channel order.
-    order: Mutex<u64>,
+    /// Held while a write is journaled and enters the channel, so tickets
+    /// and journal entries increase in channel order.
+    order: Mutex<Order>,
     /// Highest ticket committed (published by the writer).
     committed: watch::Receiver<u64>,
     /// Highest ticket someone waits for: the writer commits without
@@ -183,9 +184,23 @@ pub(crate) struct Commits {
     wake: Notify,
 }
 
+/// The last ticket handed out, and the journal (None: off or broken;
+/// replies then wait for the database).
+struct Order {
+    last: u64,
+    journal: Option<journal::Journal>,
+}
+
 struct Inner {
     tx: mpsc::Sender<Queued>,
     commits: Arc<Commits>,
+    /// Where a journaled ticket is published (replies wait on it).
+    published: Arc<watch::Sender<u64>>,
+    /// The last journal entry the database holds: closed segments up to it
+    /// are deleted.
+    journal_mark: Arc<AtomicU64>,
+    /// Masks what a record could still hold before it is journaled.
+    masker: Option<Arc<agentguard_mask::Engine>>,
     /// Replies wait for their records' commit (crash safety).
     commit_before_reply: bool,
     on_overload: OnOverload,
@@ -210,9 +225,12 @@ impl std::fmt::Debug for Recorder {
 /// The writer thread; [`AuditWriter::close`] drains the queue and stops it.
 /// Dropped without `close`, the thread ends once every [`Recorder`] is gone.
 pub struct AuditWriter {
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<store::Store>>,
     /// None: recording is off (`[audit] enabled = false`).
     tx: Option<mpsc::Sender<Queued>>,
+    /// The journal (in `Order`) and its committed mark: deleted on a
+    /// clean stop once every entry is in the database.
+    commits: Option<(Arc<Commits>, Arc<AtomicU64>)>,
 }
 
 impl AuditWriter {
@@ -220,10 +238,27 @@ impl AuditWriter {
     /// after this fail with [`AuditError::Closed`].
     pub async fn close(mut self) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send((0, Write::Close)).await;
+            let _ = tx.send((0, 0, Write::Close)).await;
         }
-        if let Some(t) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        let Some(t) = self.thread.take() else { return };
+        let Ok(Ok(store)) = tokio::task::spawn_blocking(move || t.join()).await else {
+            error!("audit writer thread panicked");
+            return;
+        };
+        let Some((commits, mark)) = self.commits.take() else {
+            return;
+        };
+        let journal = commits
+            .order
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .journal
+            .take();
+        // Only a journal whose every entry is committed may go.
+        if let Some(journal) = journal
+            && mark.load(Ordering::Acquire) >= journal.last_seq()
+        {
+            journal.remove(&store);
         }
     }
 }
@@ -253,6 +288,7 @@ pub fn open(
             AuditWriter {
                 thread: None,
                 tx: None,
+                commits: None,
             },
         ));
     }
@@ -276,27 +312,22 @@ pub fn open(
     let path = store.path().to_owned();
     let capacity = config.audit.queue.max(1);
     let (tx, rx) = mpsc::channel(capacity);
-    let (committer_tx, committer_rx) = mpsc::channel(capacity);
     let stats = Arc::new(Stats::default());
     let (published, committed) = watch::channel(0);
     let published = Arc::new(published);
+    let journal_id = journal.as_ref().map(|j| Arc::clone(j.id()));
     let commits = Arc::new(Commits {
-        order: Mutex::new(0),
+        order: Mutex::new(Order { last: 0, journal }),
         committed,
         wanted: AtomicU64::new(0),
         wake: Notify::new(),
     });
-    let stage = writer::JournalStage {
-        rx,
-        journal,
-        masker: config.masker.0.clone(),
-        published: Arc::clone(&published),
-    };
+    let journal_mark = Arc::new(AtomicU64::new(0));
     let writer = writer::Writer {
         store,
-        rx: committer_rx,
+        rx,
         commits: Arc::clone(&commits),
-        published,
+        published: Arc::clone(&published),
         stats: Arc::clone(&stats),
         retention: writer::Retention {
             max_age_ns: config
@@ -311,16 +342,20 @@ pub fn open(
         },
         stats_file: options.stats_file,
         capacity,
-        journal_mark: Arc::new(AtomicU64::new(0)),
+        journal: journal_id,
+        journal_mark: Arc::clone(&journal_mark),
     };
-    let thread = writer::spawn(stage, writer, committer_tx).map_err(|source| AuditError::Dir {
+    let thread = writer::spawn(writer).map_err(|source| AuditError::Dir {
         path: path.clone(),
         source,
     })?;
     let recorder = Recorder {
         inner: Some(Arc::new(Inner {
             tx: tx.clone(),
-            commits,
+            commits: Arc::clone(&commits),
+            published,
+            journal_mark: Arc::clone(&journal_mark),
+            masker: config.masker.0.clone(),
             commit_before_reply: config.audit.commit_before_reply,
             on_overload: config.audit.on_overload,
             capacity,
@@ -337,6 +372,7 @@ pub fn open(
         AuditWriter {
             thread: Some(thread),
             tx: Some(tx),
+            commits: Some((commits, journal_mark)),
         },
     ))
 }
@@ -592,7 +628,7 @@ impl Recorder {
     #[cfg(test)]
     async fn send_raw(&self, w: Write) {
         if let Some(inner) = &self.inner {
-            let _ = inner.tx.send((0, w)).await;
+            let _ = inner.tx.send((0, 0, w)).await;
         }
     }
 
@@ -600,24 +636,49 @@ impl Recorder {
     pub async fn flush(&self) {
         let Some(inner) = &self.inner else { return };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if inner.tx.send((0, Write::Flush(tx))).await.is_ok() {
+        if inner.tx.send((0, 0, Write::Flush(tx))).await.is_ok() {
             let _ = rx.await;
         }
     }
 }
 
 impl Inner {
-    /// Queues `w` with the next ticket: under the lock, so tickets follow
-    /// channel order and a committed ticket means all before it are too.
-    fn push(&self, permit: mpsc::Permit<'_, Queued>, w: Write) -> u64 {
-        let mut last = self
+    /// Queues `w` with the next ticket, journaled first: under the lock,
+    /// so tickets and journal entries follow channel order, and a ticket
+    /// published means every record before it is journaled too.
+    fn push(&self, permit: mpsc::Permit<'_, Queued>, mut w: Write) -> u64 {
+        writer::sanitize(self.masker.as_deref(), &mut w);
+        // Encoded before the lock is taken: under it, only the write(2).
+        let encoded = w.is_record().then(|| journal::encode(&w));
+        let mut order = self
             .commits
             .order
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        *last += 1;
-        permit.send((*last, w));
-        *last
+        order.last += 1;
+        let ticket = order.last;
+        let mut seq = 0;
+        if let (Some(encoded), Some(j)) = (encoded, order.journal.as_mut()) {
+            j.committed(self.journal_mark.load(Ordering::Acquire));
+            match encoded.and_then(|e| j.append(&e)) {
+                Ok(s) => seq = s,
+                Err(e) => {
+                    error!(
+                        "audit journal: cannot append ({e}); replies now wait for each database commit"
+                    );
+                    order.journal = None;
+                }
+            }
+        }
+        permit.send((ticket, seq, w));
+        if seq > 0 {
+            self.published.send_if_modified(|c| {
+                let newer = ticket > *c;
+                *c = (*c).max(ticket);
+                newer
+            });
+        }
+        ticket
     }
 }
 

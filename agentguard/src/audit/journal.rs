@@ -3,11 +3,11 @@
 //! A reply waits until its decision record survives the daemon being
 //! killed. A redb commit gives that, but costs two fsyncs (milliseconds); a
 //! `write(2)` into this journal gives it too (the bytes are in the kernel's
-//! page cache, which outlives the process) for microseconds. So the
-//! journal stage appends every batch here, releases the replies waiting on
-//! it, and hands the batch on to the committer, which commits to redb at
-//! its own pace (batched, fsynced) together with a mark saying which
-//! journal entries are now in the database.
+//! page cache, which outlives the process) for microseconds. So every
+//! record is appended here as it is queued, on the task that makes it
+//! (no thread to wake and wait for: its reply may go at once), and the
+//! committer commits to redb at its own pace (batched, fsynced) together
+//! with a mark saying which journal entries are now in the database.
 //!
 //! What is not covered: a power loss or kernel crash before the next redb
 //! commit (at most `LINGER`, 50 ms, later) loses the entries still only in
@@ -28,7 +28,7 @@ use std::{
     sync::Arc,
 };
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tracing::{info, warn};
 
 use super::{
@@ -42,10 +42,11 @@ const SEGMENT_BYTES: u64 = 8 << 20;
 /// An entry longer than this is corrupt, not big.
 const MAX_ENTRY: u32 = 1 << 30;
 
-#[derive(Serialize)]
-struct EntryRef<'a> {
-    seq: u64,
-    writes: Vec<&'a Write>,
+/// A record's JSON, made before the journal's lock is taken.
+pub struct Encoded(Vec<u8>);
+
+pub fn encode(w: &Write) -> io::Result<Encoded> {
+    Ok(Encoded(serde_json::to_vec(w)?))
 }
 
 #[derive(Deserialize)]
@@ -107,27 +108,18 @@ impl Journal {
         self.seq
     }
 
-    /// Appends the record writes among `writes` as one entry; returns its
-    /// sequence number (None when there was nothing to journal).
-    pub fn append(&mut self, writes: &[(u64, Write)]) -> io::Result<Option<u64>> {
-        let records: Vec<&Write> = writes
-            .iter()
-            .map(|(_, w)| w)
-            .filter(|w| w.is_record())
-            .collect();
-        if records.is_empty() {
-            return Ok(None);
-        }
+    /// Appends one record, encoded by [`encode`], as the next entry;
+    /// returns its sequence number.
+    pub fn append(&mut self, encoded: &Encoded) -> io::Result<u64> {
         let seq = self.seq + 1;
-        // The header is filled in once the JSON behind it is known.
-        let mut buf = vec![0u8; 8];
-        serde_json::to_writer(
-            &mut buf,
-            &EntryRef {
-                seq,
-                writes: records,
-            },
-        )?;
+        // `{"seq":N,"writes":[…]}`, as `Entry` reads it back.
+        let mut buf = Vec::with_capacity(encoded.0.len() + 40);
+        buf.extend_from_slice(&[0u8; 8]);
+        buf.extend_from_slice(b"{\"seq\":");
+        buf.extend_from_slice(seq.to_string().as_bytes());
+        buf.extend_from_slice(b",\"writes\":[");
+        buf.extend_from_slice(&encoded.0);
+        buf.extend_from_slice(b"]}");
         let len = u32::try_from(buf.len() - 8)
             .ok()
             .filter(|&n| n < MAX_ENTRY)
@@ -144,7 +136,7 @@ impl Journal {
             self.file = open_segment(&self.dir, &self.id, self.segment)?;
             self.segment_bytes = 0;
         }
-        Ok(Some(seq))
+        Ok(seq)
     }
 
     /// Deletes the closed segments whose entries are all in the database.

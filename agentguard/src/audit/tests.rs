@@ -680,14 +680,16 @@ fn session_ids_are_unique_and_increasing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_wait_until_their_records_are_committed() {
+    // Without a journal (its folder cannot be made), a reply waits for the
+    // database: with the committer stalled, it does not go.
     let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join(super::journal::DIR_NAME), b"").expect("block the journal");
     let (rec, writer) = open_with(dir.path(), &config(""), None);
     let (release, stalled) = std::sync::mpsc::channel();
     rec.send_raw(Write::Stall(stalled)).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
     let session = rec.session(rec.new_session_id());
     session
-        .decision(record("a", 0, "t", Action::Allow, "SELECT 'held'"))
+        .decision(record("a", 0, "t", Action::Allow, "SELECT 'no journal'"))
         .await
         .expect("queued");
     let s = session.clone();
@@ -695,13 +697,30 @@ async fn replies_wait_until_their_records_are_committed() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         !waiting.is_finished(),
-        "the writer is stalled: nothing is committed, so the reply must wait"
+        "no journal and the writer is stalled: nothing is committed, so the reply must wait"
     );
     let _ = release.send(());
     waiting.await.expect("join").expect("committed");
-    // Committed means it survives the process dying now: what the kernel
-    // holds (journal and database, copied as they are) recovers it.
+    writer.close().await;
+
+    // With the journal, the record is journaled as it is queued: the reply
+    // goes even while the committer is stalled, and what the kernel holds
+    // (journal and database, copied as they are) recovers it.
+    let dir = tempfile::tempdir().expect("tmp");
+    let (rec, writer) = open_with(dir.path(), &config(""), None);
+    let (release, stalled) = std::sync::mpsc::channel();
+    rec.send_raw(Write::Stall(stalled)).await;
+    let session = rec.session(rec.new_session_id());
+    session
+        .decision(record("a", 0, "t", Action::Allow, "SELECT 'held'"))
+        .await
+        .expect("queued");
+    tokio::time::timeout(Duration::from_secs(30), session.committed())
+        .await
+        .expect("journaled: the reply does not wait for the stalled committer")
+        .expect("committed");
     assert!(survives_crash(dir.path(), "SELECT 'held'"));
+    let _ = release.send(());
 
     // Many connections at once: each sees its own record journaled once
     // released, and committed to the database by the next flush.
@@ -814,8 +833,12 @@ fn a_dead_writers_journal_is_replayed_once_past_its_mark() {
     let mut j = Journal::create(&jdir).expect("journal");
     let id = std::sync::Arc::clone(j.id());
     let (first, second) = (entry(1, "SELECT 'first'"), entry(2, "SELECT 'second'"));
-    assert_eq!(j.append(&first).expect("append"), Some(1));
-    assert_eq!(j.append(&second).expect("append"), Some(2));
+    let append = |j: &mut Journal, e: &[(u64, Write)]| {
+        j.append(&journal::encode(&e[0].1).expect("encode"))
+            .expect("append")
+    };
+    assert_eq!(append(&mut j, &first), 1);
+    assert_eq!(append(&mut j, &second), 2);
     // A live writer's journal is left alone.
     assert_eq!(journal::recover(&jdir, &store).expect("recover"), 0);
     // Entry 1 reached the database (with its mark); entry 2 did not.

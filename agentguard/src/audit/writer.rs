@@ -1,8 +1,8 @@
-//! Two threads between the recorders and the disk:
-//! - the journal stage takes what is queued, masks what could still hold a
-//!   sensitive value, appends it to the journal (journal.rs) and publishes
-//!   the highest ticket written there — replies waiting on it go — then
-//!   hands it on;
+//! Between the recorders and the disk:
+//! - as a record is queued (`Inner::push`, on the task that made it), what
+//!   could still hold a sensitive value is masked ([`sanitize`]) and it is
+//!   appended to the journal (journal.rs); the replies waiting on it may go
+//!   at once;
 //! - the committer, the one thread that writes the database, gathers up to
 //!   2048 records (waiting at most 50 ms after the first for more, unless a
 //!   reply still waits for one of them: the journal is off or broken),
@@ -26,7 +26,6 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     AuditError, Commits, DecisionRecord, Frame, Queued, RequestSummary, Stats, StatsSnapshot,
-    journal::Journal,
     record::DecisionId,
     store::{Store, Write},
     time,
@@ -57,115 +56,21 @@ pub(super) struct Writer {
     pub retention: Retention,
     pub stats_file: Option<PathBuf>,
     pub capacity: usize,
-    /// The last journal entry committed (for the journal stage).
+    /// The journal's id (its mark is committed with each batch) and the
+    /// last of its entries committed.
+    pub journal: Option<Arc<str>>,
     pub journal_mark: Arc<AtomicU64>,
 }
 
-pub(super) struct JournalStage {
-    pub rx: mpsc::Receiver<Queued>,
-    pub journal: Option<Journal>,
-    pub masker: Option<Arc<Engine>>,
-    pub published: Arc<watch::Sender<u64>>,
-}
-
-/// Starts both threads; the handle is the journal stage's, which joins the
-/// committer before it ends.
-pub(super) fn spawn(
-    stage: JournalStage,
-    w: Writer,
-    to_committer: mpsc::Sender<Queued>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let mark = Arc::clone(&w.journal_mark);
-    let committer = std::thread::Builder::new()
+/// Starts the committer; its handle gives the store back when it ends.
+pub(super) fn spawn(w: Writer) -> std::io::Result<std::thread::JoinHandle<Store>> {
+    std::thread::Builder::new()
         .name("audit-writer".into())
         .spawn(move || {
             let mut w = w;
             w.run();
             w.store
-        })?;
-    std::thread::Builder::new()
-        .name("audit-journal".into())
-        .spawn(move || stage.run(to_committer, committer, &mark))
-}
-
-impl JournalStage {
-    fn run(
-        mut self,
-        tx: mpsc::Sender<Queued>,
-        committer: std::thread::JoinHandle<Store>,
-        mark: &AtomicU64,
-    ) {
-        let mut buf: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
-        'outer: while let Some(first) = self.rx.blocking_recv() {
-            buf.push(first);
-            while buf.len() < MAX_BATCH {
-                match self.rx.try_recv() {
-                    Ok(w) => buf.push(w),
-                    Err(_) => break,
-                }
-            }
-            #[cfg(test)]
-            buf.retain(|(_, w)| {
-                if let Write::Stall(release) = w {
-                    let _ = release.recv();
-                    return false;
-                }
-                true
-            });
-            for (_, w) in &mut buf {
-                sanitize(self.masker.as_deref(), w);
-            }
-            let closing = buf.iter().any(|(_, w)| matches!(w, Write::Close));
-            if let Some(journal) = &mut self.journal {
-                journal.committed(mark.load(Ordering::Acquire));
-                match journal.append(&buf) {
-                    Ok(seq) => {
-                        if let Some(seq) = seq {
-                            let id = Arc::clone(journal.id());
-                            // Before a Close, which must stay last.
-                            let at = buf
-                                .iter()
-                                .position(|(_, w)| matches!(w, Write::Close))
-                                .unwrap_or(buf.len());
-                            buf.insert(at, (0, Write::JournalMark { id, seq }));
-                        }
-                        let ticket = buf.iter().map(|(t, _)| *t).max().unwrap_or(0);
-                        self.published.send_if_modified(|c| {
-                            let newer = ticket > *c;
-                            *c = (*c).max(ticket);
-                            newer
-                        });
-                    }
-                    Err(e) => {
-                        // Replies fall back to waiting for the database.
-                        error!(
-                            "audit journal: cannot append ({e}); replies now wait for each database commit"
-                        );
-                        self.journal = None;
-                    }
-                }
-            }
-            for q in buf.drain(..) {
-                if tx.blocking_send(q).is_err() {
-                    break 'outer;
-                }
-            }
-            if closing {
-                break;
-            }
-        }
-        drop(tx);
-        let Ok(store) = committer.join() else {
-            error!("audit writer thread panicked");
-            return;
-        };
-        // Only a journal whose every entry is committed may go.
-        if let Some(journal) = self.journal
-            && mark.load(Ordering::Acquire) >= journal.last_seq()
-        {
-            journal.remove(&store);
-        }
-    }
+        })
 }
 
 pub(super) fn snapshot(stats: &Stats, path: &Path, queued: usize) -> StatsSnapshot {
@@ -192,11 +97,14 @@ struct Batch {
 }
 
 impl Batch {
-    fn take(&mut self, (ticket, w): Queued) {
-        self.ticket = self.ticket.max(ticket);
-        if let Write::JournalMark { seq, .. } = &w {
-            self.mark = self.mark.max(*seq);
+    fn take(&mut self, (ticket, seq, w): Queued) {
+        #[cfg(test)]
+        if let Write::Stall(release) = w {
+            let _ = release.recv();
+            return;
         }
+        self.ticket = self.ticket.max(ticket);
+        self.mark = self.mark.max(seq);
         self.writes.push(w);
     }
 }
@@ -314,6 +222,21 @@ impl Writer {
         let ticket = batch.ticket;
         let mark = std::mem::take(&mut batch.mark);
         let batch = &mut batch.writes;
+        if let (Some(id), true) = (&self.journal, mark > 0) {
+            // In the same transaction: a crash never replays what this
+            // commit wrote, nor skips what it did not.
+            let at = batch
+                .iter()
+                .position(|w| matches!(w, Write::Close))
+                .unwrap_or(batch.len());
+            batch.insert(
+                at,
+                Write::JournalMark {
+                    id: Arc::clone(id),
+                    seq: mark,
+                },
+            );
+        }
         let stop = batch.iter().any(|w| matches!(w, Write::Close));
         let overloaded = self.stats.overload_unrecorded.swap(0, Ordering::Relaxed);
         if overloaded > 0 {
@@ -373,7 +296,7 @@ impl Writer {
 /// server messages go through the mask engine (with the decision's rules,
 /// so the log shows what the agent's view would), and SQL password
 /// literals are blanked.
-fn sanitize(masker: Option<&Engine>, w: &mut Write) {
+pub(super) fn sanitize(masker: Option<&Engine>, w: &mut Write) {
     let Some(engine) = masker else {
         if let Write::Decision { record, .. } = w
             && let RequestSummary::Sql { sql, .. } = &mut record.request

@@ -46,6 +46,8 @@ const PROTOCOL_VIOLATION: &str = "08P01";
 #[derive(Debug, Clone, Serialize)]
 pub struct SqlRequest {
     pub sql: String,
+    /// `sql` lowercased with its literals replaced (see `SqlAnalysis::shape`).
+    pub sql_shape: String,
     pub statements: Vec<StatementInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parse_error: Option<String>,
@@ -392,6 +394,7 @@ impl Session {
         };
         let request = Request::Sql(SqlRequest {
             sql: sql.to_owned(),
+            sql_shape: analysis.shape,
             statements: analysis.statements,
             parse_error: analysis.parse_error,
             database: self.database.clone(),

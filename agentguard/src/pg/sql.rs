@@ -15,7 +15,8 @@ use sqlparser::{
         Visit, Visitor,
     },
     dialect::PostgreSqlDialect,
-    parser::Parser,
+    parser::{Parser, ParserError},
+    tokenizer::{Token, TokenWithSpan, Tokenizer},
 };
 
 /// One top-level statement, as policy sees it (`input.request.statements[]`).
@@ -54,19 +55,69 @@ pub struct SqlAnalysis {
     pub statements: Vec<StatementInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parse_error: Option<String>,
+    /// The text lowercased with every literal replaced: numbers by `?`,
+    /// quoted strings by `'?'` (`input.request.sql_shape`). Dollar-quoted
+    /// bodies and identifiers stay: they are code, not data. Rules that
+    /// read the text read this, so statements that differ only in their
+    /// values share one cached decision.
+    pub shape: String,
 }
 
 pub fn analyze(sql: &str) -> SqlAnalysis {
-    match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
-        Ok(statements) => SqlAnalysis {
+    let dialect = PostgreSqlDialect {};
+    let parsed = Tokenizer::new(&dialect, sql)
+        .with_unescape(true)
+        .tokenize_with_location()
+        .map_err(ParserError::from)
+        .and_then(|tokens| {
+            let shape = shape(&tokens);
+            Parser::new(&dialect)
+                .with_tokens_with_locations(tokens)
+                .parse_statements()
+                .map(|statements| (statements, shape))
+        });
+    match parsed {
+        Ok((statements, shape)) => SqlAnalysis {
             statements: statements.iter().map(analyze_statement).collect(),
             parse_error: None,
+            shape,
         },
+        // Denied by the shipped rules anyway; the whole text is the shape.
         Err(e) => SqlAnalysis {
             statements: Vec::new(),
             parse_error: Some(e.to_string()),
+            shape: sql.to_lowercase(),
         },
     }
+}
+
+fn shape(tokens: &[TokenWithSpan]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for t in tokens {
+        match &t.token {
+            Token::Number(..) => out.push('?'),
+            Token::SingleQuotedString(_)
+            | Token::TripleSingleQuotedString(_)
+            | Token::SingleQuotedByteStringLiteral(_)
+            | Token::DoubleQuotedByteStringLiteral(_)
+            | Token::TripleSingleQuotedByteStringLiteral(_)
+            | Token::TripleDoubleQuotedByteStringLiteral(_)
+            | Token::SingleQuotedRawStringLiteral(_)
+            | Token::DoubleQuotedRawStringLiteral(_)
+            | Token::TripleSingleQuotedRawStringLiteral(_)
+            | Token::TripleDoubleQuotedRawStringLiteral(_)
+            | Token::NationalStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::HexStringLiteral(_) => out.push_str("'?'"),
+            other => {
+                let _ = write!(out, "{other}");
+            }
+        }
+    }
+    out.make_ascii_lowercase();
+    out
 }
 
 fn analyze_statement(stmt: &Statement) -> StatementInfo {
@@ -289,6 +340,31 @@ fn operation(stmt: &Statement) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shape_replaces_values_and_keeps_code() {
+        let a =
+            analyze("SELECT a FROM T WHERE b = 12 AND c = 'it''s' AND d = E'z\\n' AND e = 1.5e3");
+        assert_eq!(
+            a.shape,
+            "select a from t where b = ? and c = '?' and d = '?' and e = ?"
+        );
+        // A function body is code: it stays, so its calls are visible.
+        let a = analyze(
+            "CREATE FUNCTION f() RETURNS text AS $$ SELECT pg_read_file('/x') $$ LANGUAGE sql",
+        );
+        assert!(a.shape.contains("pg_read_file('/x')"), "{}", a.shape);
+        // Quoted identifiers are names, not values.
+        assert!(
+            analyze("SELECT \"Secret\" FROM t")
+                .shape
+                .contains("\"secret\"")
+        );
+        // Unparsable text: all of it.
+        let a = analyze("SELEC 'oops' 42");
+        assert!(a.parse_error.is_some());
+        assert_eq!(a.shape, "selec 'oops' 42");
+    }
 
     fn one(sql: &str) -> StatementInfo {
         let a = analyze(sql);

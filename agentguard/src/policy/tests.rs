@@ -429,6 +429,46 @@ fn errors_in_rule_bodies_deny_on_both_paths() {
     }
 }
 
+/// The shipped SQL rules read the text's shape, not the text: statements
+/// that differ only in their values share one cached decision, and one
+/// word more (a file function) is another key and a deny.
+#[test]
+fn shipped_sql_rules_share_a_decision_across_values() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let e = PolicyEngine::with_options(Origin::Dir(dir), None, SLACK, true);
+    let reads = e.state().reads.unwrap_or_default();
+    assert!(reads.contains("request.sql_shape"), "{reads}");
+    assert!(
+        !reads.split(", ").any(|r| r == "request.sql"),
+        "the raw text is not read: {reads}"
+    );
+    let ask = |sql: &str| {
+        let analysis = crate::pg::sql::analyze(sql);
+        let mut input = sql_input(sql, "app");
+        if let crate::decide::Request::Sql(r) = &mut input.request {
+            r.sql_shape = analysis.shape;
+            r.statements = analysis.statements;
+        }
+        e.decide(&input)
+    };
+    for aid in [541_592, 7, 99_999] {
+        let d = ask(&format!(
+            "SELECT abalance FROM pgbench_accounts WHERE aid = {aid};"
+        ));
+        assert_eq!(d.action, Action::Allow, "{}", d.reason);
+    }
+    assert_eq!(e.cached_decisions(), 1, "three values, one shape");
+    let d = ask("SELECT abalance FROM pgbench_accounts WHERE aid = 'x';");
+    assert_eq!(d.action, Action::Allow, "{}", d.reason);
+    assert_eq!(e.cached_decisions(), 2, "a string is another shape");
+    let d = ask("SELECT pg_read_file('/etc/passwd')");
+    assert_eq!(d.action, Action::Deny, "{}", d.reason);
+    // A literal is data: the raw-text rule does not fire on it, and the
+    // parser's list of functions is what catches a call.
+    let d = ask("SELECT 'pg_read_file(' AS text");
+    assert_eq!(d.action, Action::Allow, "{}", d.reason);
+}
+
 #[test]
 fn shipped_policies_run_on_the_vm() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
@@ -703,6 +743,7 @@ fn sql_input(sql: &str, database: &str) -> Input {
     Input {
         request: crate::decide::Request::Sql(crate::pg::SqlRequest {
             sql: sql.into(),
+            sql_shape: sql.to_lowercase(),
             statements: Vec::new(),
             parse_error: None,
             database: Some(database.into()),
