@@ -203,11 +203,51 @@ impl Store {
                 }
                 Ok(())
             };
+            // A reply's result usually arrives in the batch of its decision:
+            // folded into the record before it is encoded, instead of read
+            // back, decoded, changed and encoded again.
+            let in_batch: HashMap<(u64, u64), Option<u64>> = batch
+                .iter()
+                .filter_map(|w| match w {
+                    Write::Decision { record, .. } => record
+                        .id
+                        .map(|id| ((id.time_ns, id.seq), record.session_id)),
+                    _ => None,
+                })
+                .collect();
+            let mut folded: HashMap<(u64, u64), (u64, BTreeMap<String, u64>)> = HashMap::new();
+            for w in batch {
+                if let Write::Result {
+                    decision,
+                    rows,
+                    masks,
+                } = w
+                {
+                    let key = (decision.time_ns, decision.seq);
+                    if in_batch.contains_key(&key) {
+                        let (r, m) = folded.entry(key).or_default();
+                        *r += rows;
+                        for (k, v) in masks {
+                            *m.entry(k.clone()).or_default() += v;
+                        }
+                    }
+                }
+            }
             for w in batch {
                 match w {
                     Write::Decision { record, frame_seq } => {
                         let Some(id) = record.id else { continue };
-                        t.insert_decision(id, record.as_ref())?;
+                        match folded.get(&(id.time_ns, id.seq)) {
+                            Some((rows, masks)) => {
+                                let mut rec = (**record).clone();
+                                rec.rows = Some(rec.rows.unwrap_or(0) + rows);
+                                for (k, v) in masks {
+                                    *rec.masks.entry(k.clone()).or_default() += v;
+                                }
+                                t.insert_decision(id, &rec)?;
+                            }
+                            None => t.insert_decision(id, record.as_ref())?,
+                        }
                         if let Some(sid) = record.session_id {
                             if let Some(seq) = frame_seq {
                                 let frame = FrameRecord {
@@ -259,6 +299,18 @@ impl Store {
                         masks,
                     } => {
                         let key = (decision.time_ns, decision.seq);
+                        if let Some(sid) = in_batch.get(&key) {
+                            // The record already holds it; the session's
+                            // counts are updated here all the same.
+                            let masked: u64 = masks.values().sum();
+                            if let Some(sid) = *sid {
+                                session(&mut sessions, sid, &mut |s| {
+                                    s.counts.rows += rows;
+                                    s.counts.masked += masked;
+                                })?;
+                            }
+                            continue;
+                        }
                         let found: Option<DecisionRecord> = t
                             .decisions
                             .get(key)?
