@@ -26,7 +26,7 @@ use crate::{
     decide::{Action, Decide, Decision, Input, Request, Target},
     http,
     identity::{AgentRegistry, Identity},
-    net, pg,
+    mysql, net, pg,
     redirect::Redirect,
     redis,
 };
@@ -339,6 +339,20 @@ impl Proxy {
                         Ok(()) => None,
                         Err(e) => {
                             warn!("redis session closed: {e}");
+                            Some(e.to_string())
+                        }
+                    };
+                    session.end(0, 0, error).await;
+                }
+                Protocol::Mysql => {
+                    let guard = mysql::session::MysqlGuard {
+                        guarded: self.guarded(input, &session),
+                        masker: self.config.masker.0.clone(),
+                    };
+                    let error = match mysql::session::run(guard, client, upstream).await {
+                        Ok(()) => None,
+                        Err(e) => {
+                            warn!("mysql session closed: {e}");
                             Some(e.to_string())
                         }
                     };
