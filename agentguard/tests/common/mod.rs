@@ -256,6 +256,13 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// `sh -c LINE` outside any guard, killed after 30 s.
+pub fn sh_timed(line: &str) -> Output {
+    let mut c = Command::new("sh");
+    c.args(["-c", line]);
+    run_with_timeout(c, Duration::from_secs(30))
+}
+
 pub fn sh(cmd: &str) -> Output {
     Command::new("sh").arg("-c").arg(cmd).output().expect("sh")
 }
