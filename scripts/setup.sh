@@ -18,7 +18,7 @@ packages=(
   # The Redis guard: a real server, redis-cli, redis-benchmark, redis-py.
   redis-server redis-tools python3-redis
   # The MySQL guard: a real MariaDB server, the mariadb CLI, PyMySQL.
-  mariadb-server mariadb-client python3-pymysql
+  mariadb-server mariadb-client python3-pymysql openssl
   # The service tests: systemd-analyze verify, groupadd, setpriv, and a real
   # OpenMetrics parser for the metrics endpoint.
   systemd passwd python3-prometheus-client

@@ -46,6 +46,32 @@ fn maria() -> &'static Maria {
             "mariadb-install-db: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // TLS on the server (for targets with tls = "require").
+        let key = dir.path().join("server.key");
+        let cert = dir.path().join("server.crt");
+        let out = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=mariadb-test",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl (scripts/setup.sh installs it)");
+        assert!(
+            out.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("port")
@@ -61,6 +87,8 @@ fn maria() -> &'static Maria {
             "--skip-log-bin".into(),
             "--innodb-buffer-pool-size=16M".into(),
             "--local-infile=1".into(),
+            format!("--ssl-cert={}", cert.display()),
+            format!("--ssl-key={}", key.display()),
             format!("--pid-file={}", dir.path().join("pid").display()),
             format!("--log-error={}", dir.path().join("err.log").display()),
         ];
@@ -122,8 +150,13 @@ fn addr() -> SocketAddr {
 }
 
 fn config() -> TestConfig {
+    config_with("")
+}
+
+/// `extra`: more keys of the target.
+fn config_with(extra: &str) -> TestConfig {
     TestConfig::new(&format!(
-        "[[targets]]\nname = \"shop-db\"\naddress = \"{}\"\nprotocol = \"mysql\"\n",
+        "[[targets]]\nname = \"shop-db\"\naddress = \"{}\"\nprotocol = \"mysql\"\n{extra}",
         addr()
     ))
 }
@@ -148,11 +181,23 @@ fn cli(
     db: &str,
     script: &str,
 ) -> (String, String) {
+    cli_with(config, "", user, password, db, script)
+}
+
+/// [`cli`] with more options (`extra`).
+fn cli_with(
+    config: Option<&TestConfig>,
+    extra: &str,
+    user: &str,
+    password: &str,
+    db: &str,
+    script: &str,
+) -> (String, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("script.sql");
     std::fs::write(&file, script).expect("script");
     let line = format!(
-        "mariadb --no-defaults --batch --force --local-infile=1 -h127.0.0.1 -P{} -u{user} -p{password} {db} < {}",
+        "mariadb --no-defaults --batch --force --local-infile=1 {extra} -h127.0.0.1 -P{} -u{user} -p{password} {db} < {}",
         maria().port,
         file.display()
     );
@@ -490,6 +535,19 @@ fn text_rows_are_masked_in_flight() {
         root("SELECT email FROM mysql_e2e_mask.customers WHERE id = 1"),
         "ann.lee@example.com"
     );
+    // The audit record counts what was masked and the rows forwarded.
+    let records = audit_records(&config);
+    let r = records
+        .iter()
+        .find(|r| {
+            r["request"]["sql"]
+                .as_str()
+                .is_some_and(|s| s.contains("email AS contact"))
+        })
+        .expect("the select's record");
+    assert_eq!(r["request"]["protocol"], "mysql", "{r}");
+    assert_eq!(r["masks"]["email"], 2, "{r}");
+    assert_eq!(r["rows"], 2, "{r}");
 }
 
 #[test]
@@ -533,4 +591,77 @@ cur = c2.cursor(); cur.execute('SELECT 41+1'); print('other session', cur.fetcho
         "{out}\n{err}"
     );
     assert!(out.contains("other session 42"), "{out}\n{err}");
+}
+
+#[test]
+fn tls_towards_the_agent_and_the_server() {
+    require_root();
+    let script = "SHOW SESSION STATUS LIKE 'Ssl_version';\n";
+    // No agentguard CA, no TLS to the server: TLS is not offered to the
+    // agent, so one that insists fails; plaintext on both hops otherwise.
+    let config = config();
+    let (out, err) = cli(Some(&config), "agent", "pw", "", script);
+    assert!(
+        out.contains("Ssl_version\t\n"),
+        "plaintext to the server: {out}\n{err}"
+    );
+    let (out, err) = cli_with(
+        Some(&config),
+        "--ssl --ssl-verify-server-cert",
+        "agent",
+        "pw",
+        "",
+        script,
+    );
+    assert!(!out.contains("Ssl_version"), "{out}");
+    assert!(
+        err.contains("ERROR 2026"),
+        "the client refuses plaintext: {err}"
+    );
+
+    // The agentguard CA terminates the agent's TLS (verified against that
+    // CA) and tls = "require" encrypts the hop to the server.
+    let config = config_with("tls = \"require\"\n");
+    let ca = ca_init(&config);
+    let (out, err) = cli_with(
+        Some(&config),
+        &format!("--ssl --ssl-verify-server-cert --ssl-ca={}", ca.display()),
+        "agent",
+        "pw",
+        "",
+        &format!("{script}status\n"),
+    );
+    assert!(
+        out.contains("Ssl_version\tTLSv1."),
+        "TLS to the server: {out}\n{err}"
+    );
+    assert!(
+        out.contains("Cipher in use is"),
+        "TLS from the agent: {out}\n{err}"
+    );
+    // ed25519 through two TLS hops (sequence ids renumbered both ways).
+    let (out, err) = cli_with(
+        Some(&config),
+        &format!("--ssl --ssl-ca={}", ca.display()),
+        "ed",
+        "edpw",
+        "",
+        "SELECT CURRENT_USER() AS who;\n",
+    );
+    assert!(out.contains("ed@%"), "{out}\n{err}");
+    // Statements are still decided inside TLS.
+    database("mysql_e2e_tls");
+    let (_, err) = cli_with(
+        Some(&config),
+        &format!("--ssl --ssl-ca={}", ca.display()),
+        "agent",
+        "pw",
+        "mysql_e2e_tls",
+        "DELETE FROM customers;\n",
+    );
+    assert!(
+        err.contains("agentguard: SQL: DELETE without WHERE"),
+        "{err}"
+    );
+    assert_eq!(root("SELECT COUNT(*) FROM mysql_e2e_tls.customers"), "2");
 }

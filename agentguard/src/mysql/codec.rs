@@ -34,9 +34,10 @@ pub mod cap {
     pub const ZSTD_COMPRESSION: u32 = 1 << 26;
     pub const QUERY_ATTRIBUTES: u32 = 1 << 27;
     /// What the guard takes out of both ends' capabilities: compression
-    /// (the traffic must stay readable), TLS (not terminated by this
-    /// guard yet: an agent asking for it is refused, never passed opaque)
-    /// and query attributes (a COM_QUERY stays plain SQL text).
+    /// (the traffic must stay readable), TLS (each hop's TLS is the
+    /// guard's own: offered to the agent only when the agentguard CA can
+    /// terminate it, towards the server as the target's `tls` says) and
+    /// query attributes (a COM_QUERY stays plain SQL text).
     pub const STRIPPED: u32 = COMPRESS | SSL | ZSTD_COMPRESSION | QUERY_ATTRIBUTES;
 }
 
@@ -321,7 +322,9 @@ pub struct Greeting {
     pub adjusted: Vec<u8>,
 }
 
-pub fn parse_greeting(payload: &[u8]) -> Result<Greeting, CodecError> {
+/// `offer`: capabilities the client is offered whatever the server said
+/// (CLIENT_SSL when the guard terminates the agent's TLS).
+pub fn parse_greeting(payload: &[u8], offer: u32) -> Result<Greeting, CodecError> {
     const BAD: CodecError = CodecError::Malformed("server greeting");
     if payload.first() != Some(&10) {
         return Err(CodecError::Malformed("server greeting (not protocol 10)"));
@@ -338,7 +341,7 @@ pub fn parse_greeting(payload: &[u8]) -> Result<Greeting, CodecError> {
     let capabilities = u32::from(u16::from_le_bytes([payload[low], payload[low + 1]]))
         | u32::from(u16::from_le_bytes([payload[high], payload[high + 1]])) << 16;
     let mut adjusted = payload.to_vec();
-    let caps = (capabilities & !cap::STRIPPED).to_le_bytes();
+    let caps = ((capabilities & !cap::STRIPPED) | offer).to_le_bytes();
     adjusted[low..low + 2].copy_from_slice(&caps[..2]);
     adjusted[high..high + 2].copy_from_slice(&caps[2..]);
     // MariaDB: the last 4 reserved bytes are its extended capabilities.
@@ -361,6 +364,20 @@ pub struct HandshakeResponse {
     /// The response as the server gets it (capabilities the guard took
     /// out of the greeting cleared here too).
     pub adjusted: Vec<u8>,
+}
+
+impl HandshakeResponse {
+    /// The response with CLIENT_SSL set (the guard's own TLS to the
+    /// server); `ssl_request`: only its first 32 bytes, the SSLRequest.
+    pub fn with_ssl(&self, ssl_request: bool) -> Vec<u8> {
+        let caps = (self.capabilities & !cap::STRIPPED) | cap::SSL;
+        let mut p = self.adjusted.clone();
+        p[..4].copy_from_slice(&caps.to_le_bytes());
+        if ssl_request {
+            p.truncate(32);
+        }
+        p
+    }
 }
 
 pub fn parse_handshake_response(payload: &[u8]) -> Result<HandshakeResponse, CodecError> {

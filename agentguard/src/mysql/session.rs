@@ -10,7 +10,15 @@
 //! nothing on the server, so the session and its transaction go on.
 //!
 //! The handshake is relayed with compression, TLS and query attributes
-//! taken out of the capabilities (see [`codec::cap::STRIPPED`]); the auth
+//! taken out of the capabilities (see [`codec::cap::STRIPPED`]). TLS is
+//! the guard's own on each hop, as for PostgreSQL: an agent's SSLRequest
+//! is answered with a TLS handshake under the agentguard CA (offered only
+//! when the CA exists; an agent that asks anyway is refused, its bytes are
+//! never passed opaque), and towards the server the target's `tls`
+//! (`require` | `verify-full`) opens TLS with an SSLRequest of our own,
+//! never silently skipped. Either hop's SSLRequest takes a sequence id the
+//! other hop never sees, so auth packets are renumbered between them. The
+//! auth
 //! exchange (any plugin: native, caching_sha2 with its full-auth and RSA
 //! key request, ed25519) is relayed packet by packet until the server's OK
 //! or ERR.
@@ -20,7 +28,7 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 use agentguard_mask::{Engine, FieldContext, Selection};
 use bytes::BytesMut;
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::TcpStream,
 };
 use tracing::{debug, info, warn};
@@ -32,7 +40,8 @@ use super::{
 use crate::{
     audit::{DecisionId, RequestSummary, ResultRecorder},
     decide::Request,
-    pg::sql::SqlAnalysis,
+    http::detect::Prefixed,
+    pg::{session::PgTls, sql::SqlAnalysis},
     pipeline::{Ask, Guarded, Verdict},
 };
 
@@ -52,18 +61,31 @@ pub enum MysqlError {
     Client(CodecError),
     #[error("server protocol error: {0}")]
     Server(CodecError),
-    #[error("{0}")]
-    Refused(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("audit: {0}")]
     Audit(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// Either side, plaintext or TLS alike.
+trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Io for T {}
+type Stream = Box<dyn Io>;
+
+/// What stands in for a stream while it is being upgraded to TLS.
+fn placeholder() -> Stream {
+    Box::new(tokio::io::duplex(1).0)
 }
 
 pub struct MysqlGuard {
     /// Identity, target, recording: what the pipeline decides with.
     pub guarded: Guarded,
     pub masker: Option<Arc<Engine>>,
+    /// The agentguard CA's server config (agent side) and the target's TLS
+    /// towards the server (as the PostgreSQL guard has them).
+    pub tls: PgTls,
 }
 
 /// A statement the server prepared (COM_STMT_PREPARE allowed and OK).
@@ -85,9 +107,9 @@ enum Rows {
 
 struct Conn {
     guard: MysqlGuard,
-    client: TcpStream,
+    client: Stream,
     cbuf: BytesMut,
-    server: TcpStream,
+    server: Stream,
     sbuf: BytesMut,
     /// Bytes for the client not yet written.
     out: BytesMut,
@@ -117,9 +139,9 @@ pub async fn run(
     info!("mysql session");
     let mut conn = Conn {
         guard,
-        client,
+        client: Box::new(client),
         cbuf: BytesMut::with_capacity(16 << 10),
-        server: upstream,
+        server: Box::new(upstream),
         sbuf: BytesMut::with_capacity(64 << 10),
         out: BytesMut::with_capacity(FLUSH),
         caps: 0,
@@ -148,12 +170,6 @@ pub async fn run(
                     &format!("agentguard: {reason}"),
                 ))
             }
-            MysqlError::Refused(reason) => Some(codec::err_packet(
-                2,
-                DENIED,
-                DENIED_STATE,
-                &format!("agentguard: {reason}"),
-            )),
             _ => None,
         };
         let _ = conn.flush().await;
@@ -299,8 +315,9 @@ impl Conn {
         }
     }
 
-    /// Greeting, handshake response, auth. `false`: the session ended
-    /// there (the server refused the connection or the login).
+    /// Greeting, handshake response (with TLS on either hop), auth.
+    /// `false`: the session ended there (the server refused the
+    /// connection or the login, or the guard refused it).
     async fn handshake(&mut self) -> Result<bool, MysqlError> {
         let greeting = self.read_server().await?;
         if greeting.is_err() {
@@ -308,57 +325,124 @@ impl Conn {
             self.flush().await?;
             return Ok(false);
         }
-        let parsed = codec::parse_greeting(&greeting.payload).map_err(MysqlError::Server)?;
+        let offer = if self.guard.tls.client.is_some() {
+            cap::SSL
+        } else {
+            0
+        };
+        let parsed = codec::parse_greeting(&greeting.payload, offer).map_err(MysqlError::Server)?;
         debug!(server = %parsed.server_version, "greeting");
         let mut seq = greeting.seq;
         self.emit(&mut seq, &greeting, Some(&parsed.adjusted));
         self.flush().await?;
-        let Some(resp) = self.read_client().await? else {
+        let Some(mut resp) = self.read_client().await? else {
             return Ok(false);
         };
-        let hs = codec::parse_handshake_response(&resp.payload).map_err(MysqlError::Client)?;
+        let mut hs = codec::parse_handshake_response(&resp.payload).map_err(MysqlError::Client)?;
+        // Sequence ids the agent's hop has and the server's has not.
+        let mut agent_extra = 0u8;
         if hs.ssl {
-            let reason = "TLS from the agent is not supported by the MySQL guard yet (the greeting did not offer it); connect without TLS";
-            self.guard
-                .guarded
-                .refuse(
-                    RequestSummary::Other {
-                        summary: "mysql SSLRequest".into(),
-                    },
-                    reason,
-                    Instant::now(),
-                )
-                .await;
-            return Err(MysqlError::Refused(reason.into()));
+            let Some(config) = self.guard.tls.client.clone() else {
+                let reason = "the agent asked for TLS, which the guard did not offer (no agentguard CA: run `agentguard ca init`); connect without TLS";
+                self.refuse_login(resp.next_seq(), reason).await;
+                return Ok(false);
+            };
+            // MySQL clients start TLS right after the SSLRequest: what is
+            // buffered already is the start of their ClientHello.
+            let early = self.cbuf.split();
+            let plain = std::mem::replace(&mut self.client, placeholder());
+            let stream = tokio_rustls::TlsAcceptor::from(config)
+                .accept(Prefixed::new(early, plain))
+                .await
+                .map_err(|e| MysqlError::Tls(format!("agent handshake failed: {e}")))?;
+            debug!("agent's TLS terminated with the agentguard CA");
+            self.client = Box::new(stream);
+            let Some(full) = self.read_client().await? else {
+                return Ok(false);
+            };
+            hs = codec::parse_handshake_response(&full.payload).map_err(MysqlError::Client)?;
+            resp = full;
+            agent_extra = 1;
+        }
+        let mut server_extra = 0u8;
+        let mut response = hs.adjusted.clone();
+        if let Some((config, name)) = self.guard.tls.upstream.clone() {
+            if parsed.capabilities & cap::SSL == 0 {
+                let reason = "cannot reach the server: the target requires TLS and the server does not offer it";
+                self.refuse_login(resp.next_seq(), reason).await;
+                return Ok(false);
+            }
+            let mut framed = BytesMut::new();
+            codec::encode(&mut framed, greeting.next_seq(), &hs.with_ssl(true));
+            self.send_server(&framed).await?;
+            let plain = std::mem::replace(&mut self.server, placeholder());
+            match tokio_rustls::TlsConnector::from(config)
+                .connect(name, plain)
+                .await
+            {
+                Ok(stream) => self.server = Box::new(stream),
+                Err(e) => {
+                    let reason =
+                        format!("cannot reach the server: TLS: server handshake failed: {e}");
+                    self.refuse_login(resp.next_seq(), &reason).await;
+                    return Ok(false);
+                }
+            }
+            debug!("TLS to the server");
+            response = hs.with_ssl(false);
+            server_extra = 1;
         }
         self.caps = hs.capabilities & !cap::STRIPPED & (parsed.capabilities | cap::LONG_PASSWORD);
         self.db_user = Some(hs.user);
         self.database = hs.database;
+        // Agent seq + shift = server seq.
+        let shift = server_extra.wrapping_sub(agent_extra);
         let mut framed = BytesMut::new();
-        codec::encode(&mut framed, resp.seq, &hs.adjusted);
+        codec::encode(&mut framed, resp.seq.wrapping_add(shift), &response);
         self.send_server(&framed).await?;
-        self.auth().await
+        self.auth(shift).await
+    }
+
+    /// Refuses the login with our ERR (recorded like any refusal).
+    async fn refuse_login(&mut self, seq: u8, reason: &str) {
+        let summary = RequestSummary::Other {
+            summary: "mysql login".into(),
+        };
+        self.guard
+            .guarded
+            .refuse(summary, reason, Instant::now())
+            .await;
+        warn!(reason, "login refused");
+        self.refusal(seq, reason);
+        let _ = self.flush().await;
     }
 
     /// Relays the auth exchange both ways until the server's OK (`true`)
-    /// or ERR (`false`).
-    async fn auth(&mut self) -> Result<bool, MysqlError> {
+    /// or ERR (`false`); `shift` is added to the agent's sequence ids on
+    /// the way to the server (and taken off on the way back).
+    async fn auth(&mut self, shift: u8) -> Result<bool, MysqlError> {
         loop {
             if let Some(p) =
                 codec::decode(&mut self.cbuf, MAX_PACKET).map_err(MysqlError::Client)?
             {
-                self.send_server(&p.raw).await?;
+                if shift == 0 {
+                    self.send_server(&p.raw).await?;
+                } else {
+                    let mut framed = BytesMut::new();
+                    codec::encode(&mut framed, p.seq.wrapping_add(shift), &p.payload);
+                    self.send_server(&framed).await?;
+                }
                 continue;
             }
             if let Some(p) =
                 codec::decode(&mut self.sbuf, MAX_PACKET).map_err(MysqlError::Server)?
             {
-                self.out.extend_from_slice(&p.raw);
+                let mut s = p.seq.wrapping_sub(shift);
+                self.emit(&mut s, &p, None);
+                self.flush().await?;
                 if p.is_ok() || p.is_err() {
-                    self.flush().await?;
                     return Ok(p.is_ok());
                 }
-                self.flush().await?;
                 continue;
             }
             tokio::select! {
@@ -475,7 +559,7 @@ impl Conn {
                 if verdict.is_allow() {
                     self.stmts.clear();
                     self.send_server(&cmd.raw).await?;
-                    if self.auth().await? {
+                    if self.auth(0).await? {
                         self.db_user = Some(user);
                         self.database = db;
                     }
