@@ -665,3 +665,57 @@ fn tls_towards_the_agent_and_the_server() {
     );
     assert_eq!(root("SELECT COUNT(*) FROM mysql_e2e_tls.customers"), "2");
 }
+
+#[test]
+fn change_user_is_decided_and_reauthenticated() {
+    require_root();
+    root(
+        "CREATE USER IF NOT EXISTS other@'%' IDENTIFIED BY 'opw'; GRANT SELECT ON *.* TO other@'%';",
+    );
+    let config = config();
+    // PyMySQL has no change_user: the script sends COM_CHANGE_USER and
+    // answers the server's auth switch with mysql_native_password.
+    let (out, err) = guarded_py(
+        &config,
+        r#"from pymysql import _auth
+c = conn()
+def change_user(user, password):
+    attrs = b"\0" if c.client_flag & (1 << 20) else b""
+    payload = user.encode() + b"\0\0\0" + struct.pack("<H", 45) + b"mysql_native_password\0" + attrs
+    c._execute_command(COMMAND.COM_CHANGE_USER, payload)
+    try:
+        data = c._read_packet().get_all_data()
+        if data[0] == 0xfe:
+            salt = data[data.index(b"\0", 1) + 1:].rstrip(b"\0")
+            c.write_packet(_auth.scramble_native_password(password.encode(), salt))
+            c._read_packet()
+        return "ok"
+    except pymysql.err.MySQLError as e:
+        return e.args
+print("change", change_user("other", "opw"))
+cur = c.cursor(); cur.execute("SELECT CURRENT_USER() AS cu"); print("now", cur.fetchone()[0])
+print("wrong", change_user("agent", "bad"))"#,
+    );
+    assert!(out.contains("change ok"), "{out}\n{err}");
+    assert!(out.contains("now other@%"), "{out}\n{err}");
+    assert!(
+        out.contains("wrong (1045, \"Access denied for user 'agent'@"),
+        "the server's own error: {out}\n{err}"
+    );
+    let records = audit_records(&config);
+    let change = records
+        .iter()
+        .find(|r| r["request"]["sql"] == "CHANGE USER other")
+        .expect("the change_user decision");
+    assert_eq!(change["action"], "allow", "{change}");
+    assert_eq!(change["request"]["db_user"], "other", "{change}");
+    let select = records
+        .iter()
+        .find(|r| {
+            r["request"]["sql"]
+                .as_str()
+                .is_some_and(|s| s.contains("AS cu"))
+        })
+        .expect("the select's record");
+    assert_eq!(select["request"]["db_user"], "other", "{select}");
+}
