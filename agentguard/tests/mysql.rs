@@ -361,7 +361,22 @@ print('committed')",
 #[test]
 fn prepared_statements_are_decided_at_prepare_and_execute_and_masked() {
     require_root();
-    let config = config();
+    // The shipped policies, plus a rule on an execute's parameters.
+    let policies = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(shipped_policies()).expect("policies") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, policies.path().join(path.file_name().expect("name"))).expect("copy");
+    }
+    std::fs::write(
+        policies.path().join("params.rego"),
+        "package agentguard.sql\nimport rego.v1\ndeny contains \"test: parameter 666\" if {\n\tinput.request.command == \"stmt_execute\"\n\t\"666\" in input.request.params\n}\n",
+    )
+    .expect("rule");
+    let config = TestConfig::new(&format!(
+        "policy_dir = \"{}\"\n[[targets]]\nname = \"shop-db\"\naddress = \"{}\"\nprotocol = \"mysql\"\n",
+        policies.path().display(),
+        addr()
+    ));
     database("mysql_e2e_prep");
     let (out, err) = guarded_py(
         &config,
@@ -401,6 +416,11 @@ def execute(sid, params):
 sid = prepare("SELECT id, email FROM customers WHERE id > ? ORDER BY id")
 print("rows", execute(sid, [0]))
 print("rows", execute(sid, [1]))
+try:
+    execute(sid, [666])
+    print("666 accepted")
+except pymysql.err.OperationalError as e:
+    print("params", e.args[0], e.args[1])
 for bad in ["DELETE FROM customers", "DROP TABLE customers"]:
     try:
         prepare(bad)
@@ -424,6 +444,10 @@ cur = c.cursor(); cur.execute("SELECT COUNT(*) FROM customers"); print("count", 
         "{out}\n{err}"
     );
     assert!(
+        out.contains("params 1142 agentguard: test: parameter 666"),
+        "execute decided with its parameters: {out}\n{err}"
+    );
+    assert!(
         out.contains("refused 1142 agentguard: SQL: DELETE without WHERE on customers"),
         "{out}\n{err}"
     );
@@ -442,30 +466,36 @@ cur = c.cursor(); cur.execute("SELECT COUNT(*) FROM customers"); print("count", 
 fn auth_plugins_pass_through_with_right_and_wrong_passwords() {
     require_root();
     let config = config();
-    for (user, good, bad) in [("agent", "pw", "nope"), ("ed", "edpw", "nope")] {
-        let (out, err) = cli(
-            Some(&config),
-            user,
-            good,
-            "",
-            "SELECT CURRENT_USER() AS who;\n",
-        );
-        assert!(out.contains(&format!("{user}@%")), "{user}: {out}\n{err}");
-        let (_, guarded) = cli(Some(&config), user, bad, "", "SELECT 1;\n");
-        let (_, direct) = cli(None, user, bad, "", "SELECT 1;\n");
-        let line = |s: &str| {
-            s.lines()
-                .find(|l| l.starts_with("ERROR"))
-                .unwrap_or_default()
-                .to_owned()
-        };
-        assert!(line(&direct).starts_with("ERROR 1045 (28000)"), "{direct}");
-        assert_eq!(
-            line(&guarded),
-            line(&direct),
-            "{user}: the server's own error"
-        );
-    }
+    let cases = [
+        ("agent", "pw"),
+        ("agent", "nope"),
+        ("ed", "edpw"),
+        ("ed", "nope"),
+    ];
+    // One guarded shell for every case (each exec sets up a cgroup).
+    let line = |user: &str, password: &str| {
+        format!(
+            "echo '== {user} {password}'; mariadb --no-defaults --batch -h127.0.0.1 -P{} -u{user} -p{password} -e 'SELECT CURRENT_USER() AS who' 2>&1",
+            maria().port
+        )
+    };
+    let script: Vec<String> = cases.iter().map(|(u, p)| line(u, p)).collect();
+    let script = script.join("; ");
+    let guarded = stdout(&exec(&config, &["sh", "-c", &script]));
+    let direct = stdout(&sh_timed(&script));
+    assert!(direct.contains("who\nagent@%"), "{direct}");
+    assert!(direct.contains("who\ned@%"), "{direct}");
+    assert_eq!(
+        direct
+            .matches("ERROR 1045 (28000): Access denied for user")
+            .count(),
+        2,
+        "{direct}"
+    );
+    assert_eq!(
+        guarded, direct,
+        "the same logins and the server's own errors"
+    );
 }
 
 #[test]

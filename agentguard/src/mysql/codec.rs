@@ -537,34 +537,93 @@ pub fn binary_row(payload: &[u8], types: &[u8]) -> Option<Vec<BinValue>> {
             values.push(BinValue::Null);
             continue;
         }
-        let fixed = match ty {
-            0x01 => Some(1),               // TINY
-            0x02 | 0x0d => Some(2),        // SHORT, YEAR
-            0x03 | 0x09 | 0x04 => Some(4), // LONG, INT24, FLOAT
-            0x05 | 0x08 => Some(8),        // DOUBLE, LONGLONG
-            0x07 | 0x0a | 0x0b | 0x0c => {
-                // TIMESTAMP, DATE, TIME, DATETIME: a length byte, then it.
-                Some(1 + usize::from(*payload.get(pos)?))
-            }
-            0x06 => Some(0), // NULL type
-            _ => None,
-        };
-        match fixed {
-            Some(n) => {
-                let end = pos.checked_add(n)?;
-                if end > payload.len() {
-                    return None;
-                }
-                values.push(BinValue::Fixed(pos..end));
-                pos = end;
-            }
-            None => match lenenc_str(payload, &mut pos)? {
-                Some(r) => values.push(BinValue::Str(r)),
-                None => return None,
-            },
-        }
+        values.push(bin_value(payload, &mut pos, *ty)?);
     }
     (pos == payload.len()).then_some(values)
+}
+
+/// One binary-protocol value of type `ty` at `*pos`.
+fn bin_value(payload: &[u8], pos: &mut usize, ty: u8) -> Option<BinValue> {
+    let fixed = match ty {
+        0x01 => Some(1),               // TINY
+        0x02 | 0x0d => Some(2),        // SHORT, YEAR
+        0x03 | 0x09 | 0x04 => Some(4), // LONG, INT24, FLOAT
+        0x05 | 0x08 => Some(8),        // DOUBLE, LONGLONG
+        0x07 | 0x0a | 0x0b | 0x0c => {
+            // TIMESTAMP, DATE, TIME, DATETIME: a length byte, then it.
+            Some(1 + usize::from(*payload.get(*pos)?))
+        }
+        0x06 => Some(0), // NULL type
+        _ => None,
+    };
+    match fixed {
+        Some(n) => {
+            let end = pos.checked_add(n)?;
+            if end > payload.len() {
+                return None;
+            }
+            let r = *pos..end;
+            *pos = end;
+            Some(BinValue::Fixed(r))
+        }
+        None => lenenc_str(payload, pos)?.map(BinValue::Str),
+    }
+}
+
+/// A fixed-width binary value as text (numbers; other types in hex).
+pub fn render_fixed(b: &[u8], ty: u8) -> String {
+    match (ty, b.len()) {
+        (0x04, 4) => f32::from_le_bytes([b[0], b[1], b[2], b[3]]).to_string(),
+        (0x05, 8) => {
+            f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]).to_string()
+        }
+        (0x01, 1) => (b[0] as i8).to_string(),
+        (0x02 | 0x0d, 2) => i16::from_le_bytes([b[0], b[1]]).to_string(),
+        (0x03 | 0x09, 4) => i32::from_le_bytes([b[0], b[1], b[2], b[3]]).to_string(),
+        (0x08, 8) => {
+            i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]).to_string()
+        }
+        _ => b.iter().map(|x| format!("{x:02x}")).collect(),
+    }
+}
+
+/// COM_STMT_EXECUTE's parameter values as text (`None`: NULL), for
+/// policy. `types`: the types bound last, replaced when this execute binds
+/// new ones. `None` when the values cannot be read (sent as long data).
+pub fn execute_params(
+    payload: &[u8],
+    count: usize,
+    types: &mut Vec<u8>,
+) -> Option<Vec<Option<String>>> {
+    if count == 0 {
+        return Some(Vec::new());
+    }
+    let bitmap_len = count.div_ceil(8);
+    let bitmap = payload.get(10..10 + bitmap_len)?;
+    let mut pos = 10 + bitmap_len;
+    if *payload.get(pos)? == 1 {
+        let raw = payload.get(pos + 1..pos + 1 + 2 * count)?;
+        *types = raw.chunks(2).map(|t| t[0]).collect();
+        pos += 1 + 2 * count;
+    } else {
+        pos += 1;
+    }
+    if types.len() != count {
+        return None;
+    }
+    let mut values = Vec::with_capacity(count);
+    for (i, ty) in types.iter().enumerate() {
+        if bitmap[i / 8] & (1 << (i % 8)) != 0 {
+            values.push(None);
+            continue;
+        }
+        values.push(Some(match bin_value(payload, &mut pos, *ty)? {
+            BinValue::Str(r) => String::from_utf8_lossy(&payload[r]).into_owned(),
+            BinValue::Fixed(r) => render_fixed(&payload[r], *ty),
+            BinValue::Null => return None,
+        }));
+    }
+    Some(values)
 }
 
 /// A binary row rebuilt with some values replaced (`None`: NULL).
@@ -698,6 +757,31 @@ mod tests {
         assert_eq!(&out[r.clone()], b"[email]");
         let nulled = build_binary_row(&p, &values, &[None, Some(None), None]);
         assert_eq!(binary_row(&nulled, &types).expect("row")[1], BinValue::Null);
+    }
+
+    #[test]
+    fn execute_params_are_read() {
+        let mut p = vec![0x17, 1, 0, 0, 0, 0, 1, 0, 0, 0];
+        p.push(0b10); // second parameter NULL
+        p.push(1);
+        p.extend_from_slice(&[0x08, 0, 0xfd, 0, 0xfd, 0]);
+        p.extend_from_slice(&42i64.to_le_bytes());
+        put_lenenc_str(&mut p, b"ann");
+        let mut types = Vec::new();
+        assert_eq!(
+            execute_params(&p, 3, &mut types),
+            Some(vec![Some("42".into()), None, Some("ann".into())])
+        );
+        // Types bound before are kept when none are sent.
+        let mut again = p[..11].to_vec();
+        again.push(0);
+        again.extend_from_slice(&7i64.to_le_bytes());
+        put_lenenc_str(&mut again, b"bob");
+        assert_eq!(
+            execute_params(&again, 3, &mut types),
+            Some(vec![Some("7".into()), None, Some("bob".into())])
+        );
+        assert_eq!(execute_params(&p[..12], 3, &mut Vec::new()), None);
     }
 
     #[test]

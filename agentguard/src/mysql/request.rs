@@ -31,6 +31,10 @@ pub struct MysqlRequest {
     /// to send.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// COM_STMT_EXECUTE: the parameter values as text (`null`: NULL);
+    /// absent when they could not be read (sent as long data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params: Option<Vec<Option<String>>>,
 }
 
 impl MysqlRequest {
@@ -43,6 +47,7 @@ impl MysqlRequest {
             database: None,
             db_user: None,
             file: None,
+            params: None,
         }
     }
 

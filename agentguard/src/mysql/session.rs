@@ -96,6 +96,9 @@ struct Stmt {
     columns: Vec<Column>,
     /// How its last execution's rows are masked (COM_STMT_FETCH).
     mask: Option<Arc<Selection>>,
+    /// Its parameter count, and the parameter types bound last.
+    params: u16,
+    param_types: Vec<u8>,
 }
 
 /// How a reply's rows are encoded.
@@ -600,7 +603,7 @@ impl Conn {
                 let verdict = self.decide(req, started).await;
                 if verdict.is_allow() {
                     self.send_server(&cmd.raw).await?;
-                    if let Some(id) = self.prepare_reply(seq).await? {
+                    if let Some((id, params)) = self.prepare_reply(seq).await? {
                         self.stmts.insert(
                             id,
                             Stmt {
@@ -608,6 +611,8 @@ impl Conn {
                                 analysis,
                                 columns: Vec::new(),
                                 mask: None,
+                                params,
+                                param_types: Vec::new(),
                             },
                         );
                     }
@@ -617,14 +622,19 @@ impl Conn {
             }
             com::STMT_EXECUTE => {
                 let id = u32_at(&cmd.payload, 1);
-                let Some(stmt) = id.and_then(|id| self.stmts.get(&id)) else {
+                let Some(stmt) = id.and_then(|id| self.stmts.get_mut(&id)) else {
                     let what = format!("mysql COM_STMT_EXECUTE {id:?}");
                     self.refuse(seq, what, "unknown prepared statement", started)
                         .await;
                     return Ok(true);
                 };
-                let req =
+                let mut req =
                     MysqlRequest::new("stmt_execute", stmt.sql.clone(), stmt.analysis.clone());
+                req.params = codec::execute_params(
+                    &cmd.payload,
+                    usize::from(stmt.params),
+                    &mut stmt.param_types,
+                );
                 let mut verdict = self.decide(req, started).await;
                 if verdict.is_allow() {
                     let mask = allowed_mask(&mut verdict).map(Arc::new);
@@ -717,8 +727,9 @@ impl Conn {
         Ok(outcome.ok)
     }
 
-    /// COM_STMT_PREPARE's reply; the statement id when it is OK.
-    async fn prepare_reply(&mut self, seq: u8) -> Result<Option<u32>, MysqlError> {
+    /// COM_STMT_PREPARE's reply; the statement id and its parameter count
+    /// when it is OK.
+    async fn prepare_reply(&mut self, seq: u8) -> Result<Option<(u32, u16)>, MysqlError> {
         let p = self.read_server().await?;
         let mut s = seq;
         self.emit(&mut s, &p, None);
@@ -742,7 +753,7 @@ impl Conn {
                 self.emit(&mut s, &eof, None);
             }
         }
-        Ok(id)
+        Ok(id.map(|id| (id, params)))
     }
 
     /// The reply to a command that answers with results: OK, ERR, EOF, a
@@ -1077,26 +1088,10 @@ fn render_row(payload: &[u8], columns: &[Column], types: &[u8], rows: Rows) -> V
                     .map(|(v, ty)| match v {
                         BinValue::Null => None,
                         BinValue::Str(r) => Some(cut(&payload[r.clone()])),
-                        BinValue::Fixed(r) => Some(render_fixed(&payload[r.clone()], *ty)),
+                        BinValue::Fixed(r) => Some(codec::render_fixed(&payload[r.clone()], *ty)),
                     })
                     .collect()
             })
             .unwrap_or_default(),
-    }
-}
-
-fn render_fixed(b: &[u8], ty: u8) -> String {
-    match (ty, b.len()) {
-        (0x04, 4) => f32::from_le_bytes([b[0], b[1], b[2], b[3]]).to_string(),
-        (0x05, 8) => {
-            f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]).to_string()
-        }
-        (0x01, 1) => (b[0] as i8).to_string(),
-        (0x02 | 0x0d, 2) => i16::from_le_bytes([b[0], b[1]]).to_string(),
-        (0x03 | 0x09, 4) => i32::from_le_bytes([b[0], b[1], b[2], b[3]]).to_string(),
-        (0x08, 8) => {
-            i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]).to_string()
-        }
-        _ => b.iter().map(|x| format!("{x:02x}")).collect(),
     }
 }
