@@ -19,6 +19,8 @@ packages=(
   redis-server redis-tools python3-redis
   # The MySQL guard: a real MariaDB server, the mariadb CLI, PyMySQL.
   mariadb-server mariadb-client python3-pymysql openssl
+  # `cargo xtask bench mysql`.
+  sysbench
   # The service tests: systemd-analyze verify, groupadd, setpriv, and a real
   # OpenMetrics parser for the metrics endpoint.
   systemd passwd python3-prometheus-client
