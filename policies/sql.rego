@@ -117,6 +117,27 @@ approve contains sprintf("SQL: %s on production target %s needs approval", [uppe
 	not op in forbidden_operations
 }
 
+# MySQL commands that are not SQL (input.request.command; `query`,
+# `stmt_prepare` and `stmt_execute` carry SQL and meet the rules above).
+is_mysql if input.request.kind == "mysql"
+
+deny contains "MySQL: replication commands (binlog dump, replica registration) are not allowed" if {
+	is_mysql
+	input.request.command in {"binlog_dump", "binlog_dump_gtid", "register_slave"}
+}
+
+# The server asking the agent's host for a file (LOAD DATA LOCAL INFILE).
+deny contains sprintf("MySQL: LOAD DATA LOCAL INFILE (the server reading %s from the agent's host) is not allowed", [object.get(input.request, "file", "a file")]) if {
+	is_mysql
+	input.request.command == "local_infile"
+}
+
+deny contains "SQL: SELECT ... INTO OUTFILE / DUMPFILE writes a server-side file" if {
+	is_sql
+	contains(raw, "into")
+	regex.match(`\binto\s+(outfile|dumpfile)\b`, raw)
+}
+
 written(s) := concat(", ", s.tables_written) if {
 	is_array(s.tables_written)
 	count(s.tables_written) > 0

@@ -168,3 +168,62 @@ test_unparsable_sql_denied if {
 	d.action == "deny"
 	contains(d.reason, "cannot parse")
 }
+
+mysql(text, statements) := {"kind": "mysql", "command": "query", "sql": text, "sql_shape": lower(text), "statements": statements, "database": "shop", "db_user": "agent"}
+
+test_mysql_select_allowed if {
+	action(doc(dev("mysql"), mysql("SELECT * FROM users", [stmt("select", ["users"], false)]))) == "allow"
+}
+
+test_mysql_same_rules_as_postgres if {
+	every s in [stmt("drop", ["users"], false), stmt("delete", ["users"], false), stmt("update", ["users"], false), stmt("truncate", ["users"], false)] {
+		d := decide(doc(dev("mysql"), mysql("x", [s])))
+		d.action == "deny"
+		d2 := decide(doc(dev("postgres"), sql("x", [s])))
+		d2.reason == d.reason
+	}
+}
+
+test_mysql_multi_statement_with_one_bad_statement_denied if {
+	d := decide(doc(dev("mysql"), mysql("SELECT 1; DROP TABLE users", [stmt("select", [], false), stmt("drop", ["users"], false)])))
+	d.action == "deny"
+	contains(d.reason, "DROP is not allowed")
+}
+
+test_mysql_write_on_production_needs_approval if {
+	action(doc(prod("mysql"), mysql("INSERT INTO t VALUES (1)", [stmt("insert", ["t"], true)]))) == "approve"
+}
+
+test_mysql_parse_error_denied if {
+	req := object.union(mysql("SELECT 1 /*!50000 , 2 */", []), {"parse_error": "executable comments (/*! ... */) are not analysed"})
+	action(doc(dev("mysql"), req)) == "deny"
+}
+
+test_mysql_replication_commands_denied if {
+	every c in ["binlog_dump", "binlog_dump_gtid", "register_slave"] {
+		d := decide(doc(dev("mysql"), {"kind": "mysql", "command": c, "sql": upper(c), "statements": []}))
+		d.action == "deny"
+		contains(d.reason, "replication")
+	}
+}
+
+test_mysql_local_infile_denied if {
+	d := decide(doc(dev("mysql"), {"kind": "mysql", "command": "local_infile", "file": "/etc/passwd", "sql": "LOAD DATA LOCAL INFILE '/etc/passwd'", "statements": []}))
+	d.action == "deny"
+	contains(d.reason, "/etc/passwd")
+}
+
+test_mysql_session_commands_allowed if {
+	every c in ["set_option", "change_user"] {
+		action(doc(dev("mysql"), {"kind": "mysql", "command": c, "sql": c, "statements": []})) == "allow"
+	}
+}
+
+test_mysql_load_data_server_file_denied if {
+	s := object.union(stmt("load", ["t"], true), {"copy_file": true})
+	action(doc(dev("mysql"), mysql("LOAD DATA INFILE '/var/lib/x' INTO TABLE t", [s]))) == "deny"
+}
+
+test_into_outfile_denied if {
+	action(doc(dev("mysql"), mysql("SELECT * FROM users INTO OUTFILE '/tmp/u'", [stmt("select", ["users"], false)]))) == "deny"
+}

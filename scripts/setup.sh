@@ -17,6 +17,10 @@ packages=(
   postgresql postgresql-client pgbouncer nginx
   # The Redis guard: a real server, redis-cli, redis-benchmark, redis-py.
   redis-server redis-tools python3-redis
+  # The MySQL guard: a real MariaDB server, the mariadb CLI, PyMySQL.
+  mariadb-server mariadb-client python3-pymysql openssl
+  # `cargo xtask bench mysql`.
+  sysbench
   # The service tests: systemd-analyze verify, groupadd, setpriv, and a real
   # OpenMetrics parser for the metrics endpoint.
   systemd passwd python3-prometheus-client

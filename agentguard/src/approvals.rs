@@ -441,6 +441,7 @@ impl Approvals {
             Request::Sql(s) => ("sql", crate::audit::redact_sql_passwords(&s.sql)),
             Request::Http(h) => ("http", http_line(h)),
             Request::Redis(r) => ("redis", r.summary().line()),
+            Request::Mysql(m) => ("mysql", crate::audit::redact_sql_passwords(&m.sql)),
             Request::Llm(l) => ("llm", http_line(&l.http)),
             Request::WebSocket(w) => (
                 "websocket",
@@ -576,6 +577,7 @@ pub fn fingerprint(input: &Input) -> String {
         Request::Connect => "connect".to_owned(),
         Request::TlsConnect(t) => format!("tls {}", t.sni.as_deref().unwrap_or("")),
         Request::Sql(s) => format!("sql {}", normalize_sql(&s.sql)),
+        Request::Mysql(m) => format!("mysql {} {}", m.command, normalize_sql(&m.sql)),
         // A grant covers a command (and subcommand), whatever its keys.
         Request::Redis(r) => format!(
             "redis {} {}",

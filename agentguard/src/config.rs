@@ -492,7 +492,7 @@ impl Config {
         self.masker = Masker(Some(std::sync::Arc::new(engine)));
         self.resolved.clear();
         for target in &self.targets {
-            let pg = target.protocol == Protocol::Postgres;
+            let database = matches!(target.protocol, Protocol::Postgres | Protocol::Mysql);
             let http_like = matches!(
                 target.protocol,
                 Protocol::Http | Protocol::Llm | Protocol::K8s
@@ -500,13 +500,13 @@ impl Config {
             let ok = match target.tls {
                 TlsMode::Intercept => true,
                 TlsMode::Passthrough => http_like,
-                TlsMode::Require | TlsMode::VerifyFull => pg,
+                TlsMode::Require | TlsMode::VerifyFull => database,
             };
             if !ok {
                 return Err(ConfigError::Parse {
                     path: path.to_owned(),
                     message: format!(
-                        "target `{}`: tls = {:?} does not apply to protocol {} (http, llm, k8s: intercept | passthrough; postgres: require | verify-full)",
+                        "target `{}`: tls = {:?} does not apply to protocol {} (http, llm, k8s: intercept | passthrough; postgres, mysql: require | verify-full)",
                         target.name,
                         target.tls,
                         target.protocol.as_str()

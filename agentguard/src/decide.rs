@@ -65,6 +65,8 @@ pub enum Request {
     WebSocket(crate::http::WebSocketMessage),
     /// One Redis command (targets with protocol redis).
     Redis(crate::redis::RedisRequest),
+    /// One MySQL / MariaDB command (targets with protocol mysql).
+    Mysql(crate::mysql::MysqlRequest),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

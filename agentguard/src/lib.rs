@@ -14,6 +14,7 @@ pub mod exec;
 pub mod http;
 pub mod identity;
 pub mod metrics;
+pub mod mysql;
 pub mod net;
 pub mod perms;
 pub mod pg;

@@ -26,7 +26,7 @@ use crate::{
     decide::{Action, Decide, Decision, Input, Request, Target},
     http,
     identity::{AgentRegistry, Identity},
-    net, pg,
+    mysql, net, pg,
     redirect::Redirect,
     redis,
 };
@@ -296,25 +296,9 @@ impl Proxy {
             let _ = upstream.set_nodelay(true);
             match input.target.protocol {
                 Protocol::Postgres => {
-                    let found = self.config.target_for(dst).map(|(t, _)| t);
-                    let host = input
-                        .target
-                        .host
-                        .clone()
-                        .unwrap_or_else(|| input.target.ip.clone());
-                    let tls = match self.http.pg_tls(
-                        &host,
-                        found.map(|t| t.tls).unwrap_or_default(),
-                        found.and_then(|t| t.ca_file.as_deref()),
-                    ) {
-                        Ok(tls) => tls,
-                        Err(e) => {
-                            let reason = format!("TLS for {host} is misconfigured: {e}");
-                            warn!(%reason, "refused");
-                            reset(client);
-                            session.end(0, 0, Some(reason)).await;
-                            return;
-                        }
+                    let Some(tls) = self.db_tls(&input, dst, &session).await else {
+                        reset(client);
+                        return;
                     };
                     let guard = pg::session::PgGuard {
                         guarded: self.guarded(input, &session),
@@ -339,6 +323,25 @@ impl Proxy {
                         Ok(()) => None,
                         Err(e) => {
                             warn!("redis session closed: {e}");
+                            Some(e.to_string())
+                        }
+                    };
+                    session.end(0, 0, error).await;
+                }
+                Protocol::Mysql => {
+                    let Some(tls) = self.db_tls(&input, dst, &session).await else {
+                        reset(client);
+                        return;
+                    };
+                    let guard = mysql::session::MysqlGuard {
+                        guarded: self.guarded(input, &session),
+                        masker: self.config.masker.0.clone(),
+                        tls,
+                    };
+                    let error = match mysql::session::run(guard, client, upstream).await {
+                        Ok(()) => None,
+                        Err(e) => {
+                            warn!("mysql session closed: {e}");
                             Some(e.to_string())
                         }
                     };
@@ -376,6 +379,37 @@ impl Proxy {
 }
 
 impl Proxy {
+    /// TLS for a database guard (PostgreSQL, MySQL): the agentguard CA
+    /// towards the agent, the target's `tls` towards the server. `None`:
+    /// misconfigured; the session is ended with the reason (the caller
+    /// resets the client).
+    async fn db_tls(
+        &self,
+        input: &Input,
+        dst: SocketAddr,
+        session: &SessionHandle,
+    ) -> Option<pg::session::PgTls> {
+        let found = self.config.target_for(dst).map(|(t, _)| t);
+        let host = input
+            .target
+            .host
+            .clone()
+            .unwrap_or_else(|| input.target.ip.clone());
+        match self.http.pg_tls(
+            &host,
+            found.map(|t| t.tls).unwrap_or_default(),
+            found.and_then(|t| t.ca_file.as_deref()),
+        ) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                let reason = format!("TLS for {host} is misconfigured: {e}");
+                warn!(%reason, "refused");
+                session.end(0, 0, Some(reason)).await;
+                None
+            }
+        }
+    }
+
     /// What a protocol guard's requests are decided with.
     fn guarded(&self, input: Input, session: &SessionHandle) -> crate::pipeline::Guarded {
         crate::pipeline::Guarded {

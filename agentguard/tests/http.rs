@@ -229,13 +229,7 @@ fn test_pki(dir: &Path) -> Pki {
 
 /// `agentguard ca init` + `ca export` for this config; returns the PEM path.
 fn agentguard_ca(config: &TestConfig) -> PathBuf {
-    let out = Command::new(bin())
-        .arg("--config")
-        .arg(config.path())
-        .args(["ca", "init"])
-        .output()
-        .expect("ca init");
-    assert!(out.status.success(), "ca init: {}", stderr(&out));
+    ca_init(config);
     let out = Command::new(bin())
         .arg("--config")
         .arg(config.path())

@@ -626,14 +626,7 @@ fn tls_towards_the_agent_and_the_server() {
             server_ca.display()
         ),
     );
-    let init = Command::new(bin())
-        .arg("--config")
-        .arg(config.path())
-        .args(["ca", "init"])
-        .output()
-        .expect("ca init");
-    assert!(init.status.success(), "{}", stderr(&init));
-    let agentguard_ca = config.dir.path().join("state/ca/ca.crt");
+    let agentguard_ca = ca_init(&config);
     let conninfo = |mode: &str, root: &Path| {
         format!(
             "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode={mode} sslrootcert={}",

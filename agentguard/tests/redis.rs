@@ -95,14 +95,7 @@ fn cli_script(config: Option<&TestConfig>, extra: &str, script: &str) -> (String
     let line = format!("redis-cli -p {} {extra} < {}", redis_port(), file.display());
     let out = match config {
         Some(c) => exec(c, &["sh", "-c", &line]),
-        None => run_with_timeout(
-            {
-                let mut c = Command::new("sh");
-                c.args(["-c", &line]);
-                c
-            },
-            Duration::from_secs(30),
-        ),
+        None => sh_timed(&line),
     };
     (
         stdout(&out),

@@ -18,6 +18,7 @@
 
 pub mod http;
 pub mod load;
+pub mod mysql;
 pub mod peer;
 pub mod pg;
 mod process;

@@ -3,6 +3,7 @@
 //! - `install`: binary, systemd unit, config, policies, man page (install.rs);
 //! - `bench l4`: direct vs agentguard vs haproxy on loopback (see bench.rs);
 //! - `bench pg`: pgbench direct vs agentguard vs pgbouncer (see bench/pg.rs);
+//! - `bench mysql`: sysbench direct vs agentguard vs haproxy (see bench/mysql.rs);
 //! - `bench http`: wrk direct vs agentguard vs haproxy, and HTTPS interception
 //!   vs mitmproxy (see bench/http.rs);
 //! - `load`: 1,000 concurrent guarded PostgreSQL and HTTP connections through
@@ -73,6 +74,8 @@ enum Bench {
     L4(bench::L4Args),
     /// pgbench select-only and TPC-B like: direct vs agentguard vs pgbouncer (session mode).
     Pg(bench::pg::PgArgs),
+    /// sysbench oltp_read_only and oltp_read_write: direct vs agentguard vs haproxy (tcp).
+    Mysql(bench::mysql::MysqlArgs),
     /// wrk, plain HTTP: direct vs agentguard vs haproxy (http mode); HTTPS:
     /// direct vs agentguard's interception vs mitmproxy.
     Http(bench::http::HttpArgs),
@@ -84,6 +87,7 @@ fn main() -> anyhow::Result<()> {
         Command::Install(args) => install::run(&workspace_root(), &args),
         Command::Bench(Bench::L4(args)) => bench::l4(&workspace_root(), &args),
         Command::Bench(Bench::Pg(args)) => bench::pg::pg(&workspace_root(), &args),
+        Command::Bench(Bench::Mysql(args)) => bench::mysql::mysql(&workspace_root(), &args),
         Command::Bench(Bench::Http(args)) => bench::http::http(&workspace_root(), &args),
         Command::BenchServer => bench::peer::serve(),
         Command::BenchClient(args) => bench::peer::client(&args),

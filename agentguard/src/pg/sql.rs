@@ -1,6 +1,8 @@
 //! SQL analysis for policy: what each statement does and to which tables.
 //!
-//! Parsed with sqlparser's PostgreSQL dialect. The analysis is deliberately
+//! Parsed with sqlparser's PostgreSQL dialect ([`analyze`]) or another one
+//! ([`analyze_in`]: the MySQL guard's MySqlDialect), into one shape, so one
+//! set of policy rules covers both databases. The analysis is deliberately
 //! conservative: nested statements (data-modifying CTEs, PREPARE bodies) count
 //! as what they are, table functions count as functions (not tables), and SQL
 //! that does not parse is reported as such — the shipped policy denies it,
@@ -14,7 +16,7 @@ use sqlparser::{
         CopySource, CopyTarget, Expr, FromTable, ObjectName, Statement, TableFactor, TableObject,
         Visit, Visitor,
     },
-    dialect::PostgreSqlDialect,
+    dialect::{Dialect, PostgreSqlDialect},
     parser::{Parser, ParserError},
     tokenizer::{Token, TokenWithSpan, Tokenizer},
 };
@@ -64,14 +66,19 @@ pub struct SqlAnalysis {
 }
 
 pub fn analyze(sql: &str) -> SqlAnalysis {
-    let dialect = PostgreSqlDialect {};
-    let parsed = Tokenizer::new(&dialect, sql)
+    analyze_in(&PostgreSqlDialect {}, sql)
+}
+
+/// The analysis with another dialect's grammar (identifiers quoted with
+/// `"` or, in MySQL, with backticks, are normalised alike).
+pub fn analyze_in(dialect: &dyn Dialect, sql: &str) -> SqlAnalysis {
+    let parsed = Tokenizer::new(dialect, sql)
         .with_unescape(true)
         .tokenize_with_location()
         .map_err(ParserError::from)
         .and_then(|tokens| {
             let shape = shape(&tokens);
-            Parser::new(&dialect)
+            Parser::new(dialect)
                 .with_tokens_with_locations(tokens)
                 .parse_statements()
                 .map(|statements| (statements, shape))
@@ -272,6 +279,11 @@ fn normalize(name: &ObjectName) -> String {
     split_ident(&name.to_string())
 }
 
+/// A table name as written in SQL text, normalised like parsed ones.
+pub fn normalize_name(name: &str) -> String {
+    split_ident(name)
+}
+
 fn function_name(name: &ObjectName) -> String {
     let full = normalize(name);
     full.rsplit('.').next().unwrap_or(&full).to_owned()
@@ -281,13 +293,13 @@ fn split_ident(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
-        if c == '"' {
-            // Quoted: keep case; "" is an escaped quote.
+        if c == '"' || c == '`' {
+            // Quoted: keep case; a doubled quote is an escaped one.
             while let Some(q) = chars.next() {
-                if q == '"' {
-                    if chars.peek() == Some(&'"') {
+                if q == c {
+                    if chars.peek() == Some(&c) {
                         chars.next();
-                        out.push('"');
+                        out.push(c);
                         continue;
                     }
                     break;

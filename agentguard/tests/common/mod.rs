@@ -256,6 +256,25 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// `agentguard ca init` for this config; returns the CA certificate's path.
+pub fn ca_init(config: &TestConfig) -> PathBuf {
+    let out = Command::new(bin())
+        .arg("--config")
+        .arg(config.path())
+        .args(["ca", "init"])
+        .output()
+        .expect("ca init");
+    assert!(out.status.success(), "ca init: {}", stderr(&out));
+    config.dir.path().join("state/ca/ca.crt")
+}
+
+/// `sh -c LINE` outside any guard, killed after 30 s.
+pub fn sh_timed(line: &str) -> Output {
+    let mut c = Command::new("sh");
+    c.args(["-c", line]);
+    run_with_timeout(c, Duration::from_secs(30))
+}
+
 pub fn sh(cmd: &str) -> Output {
     Command::new("sh").arg("-c").arg(cmd).output().expect("sh")
 }
