@@ -127,10 +127,17 @@ deny contains "MySQL: replication commands (binlog dump, replica registration) a
 }
 
 # The server asking the agent's host for a file (LOAD DATA LOCAL INFILE).
-deny contains sprintf("MySQL: LOAD DATA LOCAL INFILE (the server reading %s from the agent's host) is not allowed", [object.get(input.request, "file", "a file")]) if {
+# (The file is read as input.request.file, not through object.get on
+# input.request: that would make every field of a request part of the
+# decision cache's key.)
+deny contains sprintf("MySQL: LOAD DATA LOCAL INFILE (the server reading %s from the agent's host) is not allowed", [infile]) if {
 	is_mysql
 	input.request.command == "local_infile"
 }
+
+infile := input.request.file if {
+	is_string(input.request.file)
+} else := "a file"
 
 deny contains "SQL: SELECT ... INTO OUTFILE / DUMPFILE writes a server-side file" if {
 	is_sql
