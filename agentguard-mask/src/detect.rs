@@ -54,12 +54,42 @@ pub(crate) struct Cand<'h> {
     pub floor: usize,
 }
 
+/// What masked output glued to a neighbour continues: a word.
+fn glue(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"._%+-@".contains(&b)
+}
+
 impl Cand<'_> {
     fn text(&self) -> &[u8] {
         &self.hay[self.start..self.end]
     }
     fn before(&self) -> Option<u8> {
         self.start.checked_sub(1).map(|i| self.hay[i])
+    }
+    /// `*`s right before the start that follow a word (`j***`): masked
+    /// output glued on, where a second pass must not start. After a space
+    /// or the start they are Markdown emphasis (`**ann@example.com**`), and
+    /// the value behind them is real.
+    fn glued_to_stars(&self) -> bool {
+        let before = &self.hay[..self.start];
+        let stars = before.iter().rev().take_while(|&&b| b == b'*').count();
+        stars > 0
+            && before[..before.len() - stars]
+                .last()
+                .is_some_and(|&b| glue(b))
+    }
+    /// Wrapped in Markdown emphasis, `**4111 …**`: as many `*` (1 to 3) on
+    /// each side, with no word glued to either run. (Masked output glued to
+    /// digits, `*0188 573 …`, has stars on one side only.)
+    fn emphasized(&self) -> bool {
+        let after = self.hay.get(self.end..).unwrap_or_default();
+        let n = after.iter().take_while(|&&b| b == b'*').count();
+        let before = &self.hay[..self.start];
+        let m = before.iter().rev().take_while(|&&b| b == b'*').count();
+        (1..=3).contains(&n)
+            && n == m
+            && !after.get(n).is_some_and(|&b| glue(b))
+            && !self.glued_to_stars()
     }
     fn after(&self, n: usize) -> Option<u8> {
         self.hay.get(self.end + n).copied()
@@ -174,7 +204,7 @@ const BUILTIN: &[(Entity, &str, Check)] = &[
     ),
     (
         Entity::Email,
-        r"[A-Za-z0-9][A-Za-z0-9._%+\-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?){0,4}\.[A-Za-z]{2,24}\b",
+        r"[A-Za-z0-9][A-Za-z0-9._%+\-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?){0,4}\.[A-Za-z]{2,24}(?:\b|_)",
         email,
     ),
     (Entity::Card, r"\b[0-9](?:[ \-]?[0-9]){12,18}\b", card),
@@ -1002,10 +1032,18 @@ fn jwt(c: &Cand) -> Verdict {
 }
 
 fn email(c: &Cand) -> Verdict {
+    // `_ann@example.com_` (Markdown emphasis): `_` is a word character, so
+    // the pattern takes it in place of a boundary; the address ends before.
+    if c.text().ends_with(b"_") {
+        return email(&Cand {
+            end: c.end - 1,
+            ..*c
+        });
+    }
     let t = c.text();
-    // `*` is masked output glued on: a second pass must not start here.
     if c.before()
-        .is_some_and(|b| b.is_ascii_alphanumeric() || b"._%+-*".contains(&b))
+        .is_some_and(|b| b.is_ascii_alphanumeric() || b"._%+-".contains(&b))
+        || c.glued_to_stars()
     {
         return Verdict::Reject;
     }
@@ -1079,12 +1117,26 @@ fn after_masked(w: &[u8]) -> &[u8] {
 /// `hay[..end]` ends with masked output.
 fn masked_before(hay: &[u8], end: usize) -> bool {
     let h = &hay[..end];
-    h.ends_with(b"*")
+    (h.ends_with(b"*") && !bold_label(h))
         || (h.ends_with(b"]") && {
             let from = end.saturating_sub(48);
             find(&hay[from..end], b"[REDACTED:").is_some()
         })
         || (end >= 20 && crate::strategy::looks_masked(&h[end - 20..]))
+}
+
+/// `h` ends with a Markdown bold label, `**Card:**` (its stars are not
+/// masked output).
+fn bold_label(h: &[u8]) -> bool {
+    let Some(rest) = h.strip_suffix(b":**") else {
+        return false;
+    };
+    let word = rest
+        .iter()
+        .rev()
+        .take_while(|b| b.is_ascii_alphabetic() || **b == b' ')
+        .count();
+    (1..=30).contains(&word) && rest[..rest.len() - word].ends_with(b"**")
 }
 
 /// `hay[start..]` starts with masked output.
@@ -1136,8 +1188,7 @@ fn digit_joined(c: &Cand) -> bool {
         || (sep(c.before()) && digitish_before(c.hay, c.start - 1))
         // Glued to masked output: the rest of a value masked with `mask`
         // or `partial`, which a first pass never started inside.
-        || c.before() == Some(b'*')
-        || c.after(0) == Some(b'*')
+        || ((c.before() == Some(b'*') || c.after(0) == Some(b'*')) && !c.emphasized())
 }
 
 /// Tries the match, then shorter versions of it ending before a space
@@ -1185,7 +1236,7 @@ fn iban(c: &Cand) -> Verdict {
     let t = c.text();
     // Glued to `*`: the kept tail of a masked token (`partial:4` of
     // `glpat-…DE64` before ` 7671 3767 …`), which a first pass saw as one.
-    if c.before() == Some(b'*') {
+    if c.glued_to_stars() {
         return Verdict::Reject;
     }
     let Some(len) = v::iban_len(&t[..2]) else {

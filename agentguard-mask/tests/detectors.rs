@@ -414,3 +414,26 @@ fn entities_back_to_back() {
         }
     }
 }
+
+/// An LLM's reply is Markdown: emphasis, code spans and links around a
+/// value must not hide it (`*` next to a value used to be taken for
+/// masked output glued on).
+#[test]
+fn markdown_around_values() {
+    for t in [
+        "**{}**",
+        "*{}*",
+        "`{}`",
+        "~~{}~~",
+        "[{}](mailto:x)",
+        "- **Value:** {}",
+        "***{}***",
+    ] {
+        hit("email", t, "ann.planted@example.com");
+        hit("card", t, "4111 1111 1111 1111");
+        hit("iban", t, "DE89 3704 0044 0532 0130 00");
+    }
+    // `_` is a word character: an address takes a trailing one as its end.
+    // (A leading `_`, as in `_ann@example.com_`, still hides it: not fixed.)
+    hit("email", "see {}_", "ann.planted@example.com");
+}
