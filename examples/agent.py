@@ -8,7 +8,7 @@ import subprocess
 import sys
 import urllib.request
 
-HTTP_PORT, PG_PORT, ADMIN_PORT = (int(p) for p in sys.argv[1:4])
+HTTP_PORT, PG_PORT, ADMIN_PORT, MYSQL_PORT = (int(p) for p in sys.argv[1:5])
 
 
 def step(name, fn):
@@ -34,6 +34,18 @@ step("update a customer on the production database (held; a person approves)",
      lambda: psql("UPDATE customers SET name = 'Ann Smith' WHERE id = 1 RETURNING name"))
 step("change a customer's card on production (held; a person denies)",
      lambda: psql("UPDATE customers SET card = '4000 0000 0000 0002' WHERE id = 2"))
+def mariadb(sql):
+    r = subprocess.run(
+        ["mariadb", "--no-defaults", "-h", "127.0.0.1", "-P", str(MYSQL_PORT), "-uagent", "-pagentpw",
+         "-D", "shop", "--batch", "--skip-column-names", "-e", sql],
+        capture_output=True, text=True, timeout=30,
+    )
+    return (r.stdout.strip().replace("\n", " / ").replace("\t", " ") or "") + (" " + r.stderr.strip() if r.stderr.strip() else "")
+
+
+step("MariaDB: read orders (emails masked in flight)", lambda: mariadb("SELECT id, customer_email, total FROM orders ORDER BY id"))
+step("MariaDB: drop the orders table", lambda: mariadb("DROP TABLE orders"))
+step("MariaDB: delete every order", lambda: mariadb("DELETE FROM orders"))
 step("reach the admin service (not a target)", lambda: socket.create_connection(("127.0.0.1", ADMIN_PORT), timeout=5).recv(1))
 step("the same database over IPv6-mapped address", lambda: socket.create_connection(("::ffff:127.0.0.1", PG_PORT), timeout=5) and "connected")
 

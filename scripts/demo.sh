@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's main job: agentguard guarding a sample agent against real
-# local services (an HTTP service and PostgreSQL, plus one service the agent
-# may not reach), showing each decision.
+# local services (an HTTP service, PostgreSQL and MariaDB, plus one service
+# the agent may not reach), showing each decision.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) -eq 0 ]] || { echo "scripts/demo.sh must run as root (it installs packages and loads eBPF programs): as root, bash scripts/demo.sh (or sudo bash scripts/demo.sh)" >&2; exit 1; }
@@ -13,7 +13,7 @@ bin=target/release/agentguard
 
 source scripts/services.sh
 trap stop_services EXIT
-HTTP_PORT=18080 PG_PORT=15432 ADMIN_PORT=18081
+HTTP_PORT=18080 PG_PORT=15432 ADMIN_PORT=18081 MYSQL_PORT=13306
 mkdir -p "$SERVICES_DIR/www" && echo "internal docs" >"$SERVICES_DIR/www/index.html"
 start_http $HTTP_PORT "$SERVICES_DIR/www"
 start_http $ADMIN_PORT "$SERVICES_DIR/www"
@@ -21,14 +21,18 @@ start_postgres $PG_PORT
 psql -X -q -h 127.0.0.1 -p $PG_PORT -U postgres -c "CREATE TABLE customers (id int, name text, email text, card text);
   INSERT INTO customers VALUES (1, 'Ann Lee', 'ann.lee@example.com', '4111 1111 1111 1111'),
                                (2, 'Bob Roe', 'bob@example.org', '5500 0000 0000 0004')"
+start_mariadb $MYSQL_PORT
+maria_sql $MYSQL_PORT "CREATE USER agent@'%' IDENTIFIED BY 'agentpw'; GRANT ALL ON *.* TO agent@'%';
+  CREATE DATABASE shop; CREATE TABLE shop.orders (id int, customer_email text, total decimal(8,2));
+  INSERT INTO shop.orders VALUES (1, 'ann.lee@example.com', 42.50), (2, 'bob@example.org', 9.99)"
 
 config="$SERVICES_DIR/agentguard.toml"
 sed -e "s|@RUN@|$SERVICES_DIR/run|" -e "s|@STATE@|$SERVICES_DIR/state|" -e "s|@POLICIES@|$PWD/policies|" \
-  -e "s|@HTTP@|$HTTP_PORT|" -e "s|@PG@|$PG_PORT|" examples/demo.toml >"$config"
+  -e "s|@HTTP@|$HTTP_PORT|" -e "s|@PG@|$PG_PORT|" -e "s|@MYSQL@|$MYSQL_PORT|" examples/demo.toml >"$config"
 
 # The daemon, as systemd would run it; its programs stay pinned under the
 # demo's own bpffs_dir until the cleanup detaches them.
-AGENTGUARD_LOG=info,agentguard::pg=debug "$bin" --config "$config" run 2>"$SERVICES_DIR/guard.log" &
+AGENTGUARD_LOG=info,agentguard::pipeline=debug "$bin" --config "$config" run 2>"$SERVICES_DIR/guard.log" &
 daemon=$!
 cleanup() {
   kill "${approver:-}" 2>/dev/null || true
@@ -64,7 +68,7 @@ approver=$!
 
 echo "== the agent's view"
 "$bin" --config "$config" exec --agent coder -- \
-  /usr/bin/python3 examples/agent.py $HTTP_PORT $PG_PORT $ADMIN_PORT
+  /usr/bin/python3 examples/agent.py $HTTP_PORT $PG_PORT $ADMIN_PORT $MYSQL_PORT
 echo
 echo "== the person on call"
 sed 's/^/  /' "$SERVICES_DIR/oncall.log"

@@ -27,6 +27,32 @@ stop_postgres() {
   [[ -d "$SERVICES_DIR/pg-$port" ]] && runuser -u postgres -- "$bin/pg_ctl" -D "$SERVICES_DIR/pg-$port" -m fast stop >/dev/null 2>&1 || true
 }
 
+# start_mariadb PORT: a throwaway MariaDB on 127.0.0.1:PORT (root over its
+# unix socket, user agent/agentpw over TCP).
+start_mariadb() {
+  local port=$1
+  local data="$SERVICES_DIR/maria-$port"
+  command -v mariadbd >/dev/null || { echo "MariaDB is not installed: run scripts/setup.sh" >&2; return 1; }
+  mkdir -p "$data"
+  mariadb-install-db --no-defaults --user=root --skip-test-db --datadir="$data/db" \
+    --auth-root-authentication-method=normal >"$data/install.log" 2>&1
+  mariadbd --no-defaults --user=root --datadir="$data/db" --socket="$data/sock" --port="$port" \
+    --bind-address=127.0.0.1 --skip-log-bin --innodb-buffer-pool-size=16M \
+    --pid-file="$data/pid" --log-error="$data/err.log" >/dev/null 2>&1 &
+  _service_pids+=($!)
+  for _ in $(seq 100); do
+    mariadb --no-defaults -uroot --socket="$data/sock" -e "SELECT 1" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "mariadb on $port did not start: $(tail -5 "$data/err.log")" >&2
+  return 1
+}
+
+# maria_sql PORT SQL: SQL as root over the unix socket (outside any guard).
+maria_sql() {
+  mariadb --no-defaults -uroot --socket="$SERVICES_DIR/maria-$1/sock" -e "$2"
+}
+
 # start_http PORT DIR: python's http.server on 127.0.0.1:PORT serving DIR.
 start_http() {
   local port=$1 dir=$2
