@@ -123,7 +123,11 @@ deny contains "MySQL: replication commands (binlog dump, replica registration) a
 }
 
 # The server asking the agent's host for a file (LOAD DATA LOCAL INFILE).
-deny contains sprintf("MySQL: LOAD DATA LOCAL INFILE (the server reading %s from the agent's host) is not allowed", [object.get(input.request, "file", "a file")]) if {
+local_file := input.request.file if {
+	is_string(input.request.file)
+} else := "a file"
+
+deny contains sprintf("MySQL: LOAD DATA LOCAL INFILE (the server reading %s from the agent's host) is not allowed", [local_file]) if {
 	is_mysql
 	input.request.command == "local_infile"
 }
