@@ -448,13 +448,14 @@ impl Recorder {
     pub fn new_session_id(&self) -> u64 {
         let pid = u64::from(std::process::id()) & 0xfff;
         let now_us = time::now_ns() / 1000;
-        let Some(inner) = &self.inner else {
-            return (now_us << 12) | pid;
-        };
-        let mut prev = inner.last_id.load(Ordering::Relaxed);
+        // A disabled recorder's ids are unique too (they name connections
+        // in the log): one counter for all of them.
+        static DISABLED_LAST: AtomicU64 = AtomicU64::new(0);
+        let last = self.inner.as_ref().map_or(&DISABLED_LAST, |i| &i.last_id);
+        let mut prev = last.load(Ordering::Relaxed);
         loop {
             let next = now_us.max(prev + 1);
-            match inner.last_id.compare_exchange_weak(
+            match last.compare_exchange_weak(
                 prev,
                 next,
                 Ordering::Relaxed,
