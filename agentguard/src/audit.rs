@@ -455,12 +455,7 @@ impl Recorder {
         let mut prev = last.load(Ordering::Relaxed);
         loop {
             let next = now_us.max(prev + 1);
-            match last.compare_exchange_weak(
-                prev,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
+            match last.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return (next << 12) | pid,
                 Err(p) => prev = p,
             }
