@@ -69,6 +69,20 @@ target_deny contains sprintf("%v:%v is not a configured target", [input.target.i
 	not is_string(input.target.name)
 }
 
+# A target labelled require-injection is reached only with the credential
+# agentguard holds ([[credentials]], docs/credentials.md): an agent that
+# brings a key of its own has one it should not have.
+target_deny contains sprintf("the agent sent a credential of its own to %s, which only agentguard's stored credential may reach (label require-injection)", [input.target.name]) if {
+	"require-injection" in input.target.labels
+	input.request.credential.agent_sent == true
+}
+
+target_deny contains sprintf("%s requires agentguard's stored credential (label require-injection) and none is configured for it", [input.target.name]) if {
+	"require-injection" in input.target.labels
+	input.request.kind in {"http", "llm", "sql"}
+	not input.request.credential.injected
+}
+
 target_deny contains "request has no kind" if {
 	not is_string(input.request.kind)
 }

@@ -79,3 +79,25 @@ test_several_deny_reasons_are_joined if {
 	d := decide(doc(dev("postgres"), req))
 	d.reason == "SQL: DROP is not allowed; SQL: TRUNCATE is not allowed"
 }
+
+# require-injection: only agentguard's stored credential reaches the target.
+injected_target := {"name": "openai", "ip": "127.0.0.1", "port": 443, "protocol": "llm", "host": "api.openai.com", "labels": ["require-injection"]}
+
+test_require_injection_allows_the_injected_credential if {
+	req := {"kind": "http", "method": "GET", "path": "/v1/models", "query": "", "headers": {}, "entities": [], "credential": {"name": "openai-key", "injected": true, "agent_sent": false}}
+	action(doc(injected_target, req)) == "allow"
+}
+
+test_require_injection_denies_an_agents_own_key if {
+	req := {"kind": "http", "method": "GET", "path": "/v1/models", "query": "", "headers": {}, "entities": [], "credential": {"name": "openai-key", "injected": true, "agent_sent": true}}
+	d := decide(doc(injected_target, req))
+	d.action == "deny"
+	contains(d.reason, "the agent sent a credential of its own to openai")
+}
+
+test_require_injection_denies_a_target_without_a_credential if {
+	req := {"kind": "http", "method": "GET", "path": "/v1/models", "query": "", "headers": {}, "entities": []}
+	d := decide(doc(injected_target, req))
+	d.action == "deny"
+	contains(d.reason, "requires agentguard's stored credential")
+}

@@ -15,6 +15,8 @@ packages=(
   # The escape suite sends ICMP with ping itself (ping sockets, raw sockets).
   iputils-ping
   postgresql postgresql-client pgbouncer nginx
+  # The credential-injection test's Python driver (libpq-based, as agents use).
+  python3-psycopg2
   # The Redis guard: a real server, redis-cli, redis-benchmark, redis-py.
   redis-server redis-tools python3-redis
   # The MySQL guard: a real MariaDB server, the mariadb CLI, PyMySQL.

@@ -78,6 +78,14 @@ pub struct Config {
     pub agents: Vec<Agent>,
     #[serde(default)]
     pub targets: Vec<TargetConfig>,
+    /// Secrets the guard injects on targets (credentials.rs); read by
+    /// [`Config::open_credentials`], not by `load` (CLI commands that only
+    /// talk to the daemon need not read them).
+    #[serde(default)]
+    pub credentials: Vec<crate::credentials::CredentialConfig>,
+    /// Filled in by `open_credentials`.
+    #[serde(skip)]
+    pub secrets: crate::credentials::Store,
     /// Filled in by `load`: resolved target addresses.
     #[serde(skip)]
     pub resolved: Vec<ResolvedTarget>,
@@ -398,6 +406,8 @@ impl Default for Config {
             masker: Masker::default(),
             agents: Vec::new(),
             targets: Vec::new(),
+            credentials: Vec::new(),
+            secrets: crate::credentials::Store::default(),
             resolved: Vec::new(),
             resolvers: Vec::new(),
             socket_allow: Vec::new(),
@@ -514,6 +524,7 @@ impl Config {
                 });
             }
         }
+        self.check_credentials(path)?;
         for (index, target) in self.targets.iter().enumerate() {
             let address = target.address.get_ref();
             let (host, _) = address.rsplit_once(':').ok_or_else(|| {
@@ -585,6 +596,101 @@ impl Config {
                 .collect::<Result<_, _>>()?,
             None => system_resolvers(),
         };
+        Ok(())
+    }
+
+    /// `[[credentials]]` fit their targets (the secrets are read later).
+    fn check_credentials(&self, path: &Path) -> Result<(), ConfigError> {
+        use crate::credentials::HttpInject;
+        let bad = |name: &str, message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            message: format!("credential `{name}`: {message}"),
+        };
+        for (i, c) in self.credentials.iter().enumerate() {
+            if self.credentials[..i].iter().any(|o| o.name == c.name) {
+                return Err(bad(&c.name, "the name is used twice".into()));
+            }
+            let Some(target) = self.targets.iter().find(|t| t.name == c.target) else {
+                return Err(bad(
+                    &c.name,
+                    format!("target `{}` is not in [[targets]]", c.target),
+                ));
+            };
+            match target.protocol {
+                Protocol::Postgres => {
+                    if c.role.is_none() {
+                        return Err(bad(
+                            &c.name,
+                            "a postgres credential needs `role` (the role the guard logs in as)"
+                                .into(),
+                        ));
+                    }
+                    let same = self.credentials[..i]
+                        .iter()
+                        .any(|o| o.target == c.target && o.db_user == c.db_user);
+                    if same {
+                        return Err(bad(
+                            &c.name,
+                            format!(
+                                "another credential of target `{}` maps the same db_user",
+                                c.target
+                            ),
+                        ));
+                    }
+                }
+                Protocol::Http | Protocol::Llm | Protocol::K8s => {
+                    if self.credentials[..i].iter().any(|o| o.target == c.target) {
+                        return Err(bad(
+                            &c.name,
+                            format!("target `{}` has a credential already", c.target),
+                        ));
+                    }
+                    if target.tls == TlsMode::Passthrough {
+                        return Err(bad(
+                            &c.name,
+                            format!(
+                                "target `{}` is tls = \"passthrough\": no header can be set on traffic the guard does not decrypt",
+                                c.target
+                            ),
+                        ));
+                    }
+                    let missing = match c.inject {
+                        HttpInject::Header => c.header.is_none().then_some("header"),
+                        HttpInject::Query => c.query.is_none().then_some("query"),
+                        HttpInject::Basic => c.username.is_none().then_some("username"),
+                        HttpInject::Bearer => None,
+                    };
+                    if let Some(key) = missing {
+                        return Err(bad(
+                            &c.name,
+                            format!("inject = {:?} needs `{key}`", c.inject),
+                        ));
+                    }
+                    if let Some(h) = &c.header
+                        && http::HeaderName::from_bytes(h.as_bytes()).is_err()
+                    {
+                        return Err(bad(&c.name, format!("`{h}` is not a header name")));
+                    }
+                }
+                other => {
+                    return Err(bad(
+                        &c.name,
+                        format!(
+                            "target `{}` is protocol {}; credentials are injected on postgres, http, llm and k8s targets",
+                            c.target,
+                            other.as_str()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads every `[[credentials]]` secret (checked: readable by
+    /// agentguard only). For the daemon and `exec`, before they serve.
+    pub fn open_credentials(&mut self) -> Result<(), crate::credentials::CredentialError> {
+        self.secrets = crate::credentials::Store::open(&self.credentials)?;
         Ok(())
     }
 

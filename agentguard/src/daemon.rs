@@ -143,8 +143,11 @@ fn raise_fd_limit() {
     }
 }
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(mut config: Config) -> anyhow::Result<()> {
     raise_fd_limit();
+    // Before anything else: the guard does not start with a secret it
+    // cannot use (missing, or readable by others).
+    config.open_credentials()?;
     let Some(_lock) = Lock::try_acquire(&config.run_dir)? else {
         bail!(
             "another agentguard daemon holds {}",

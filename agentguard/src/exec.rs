@@ -64,6 +64,9 @@ pub async fn exec(config: Config, agent: Option<String>, argv: Vec<String>) -> a
             Cgroup::new(&mount, &format!("{}/exec-{me}", parent.rel))?
         }
         None => {
+            // Read before anything is attached: a bad secret stops here.
+            let mut config = config.clone();
+            config.open_credentials()?;
             let (listeners, port) = proxy::bind(0).context("cannot bind the proxy listener")?;
             // Pinned like the daemon's, in a folder of this run: if this
             // process is killed, the links stay and the command's processes

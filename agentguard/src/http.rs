@@ -5,7 +5,8 @@
 //! One connection, in the order of the files: `detect.rs` (TLS, HTTP/2
 //! preface or HTTP/1 from the first bytes) → `tls.rs` (SNI; passthrough, or
 //! a minted leaf towards the agent and a verified session towards the
-//! server) → `session.rs` (hyper on both sides; per request: `input.rs` /
+//! server) → `session.rs` (hyper on both sides; per request: `credential.rs` swaps
+//! the agent's credential for the stored one, `input.rs` /
 //! `k8s.rs` build the policy input, the decision, forward, then `mask.rs`
 //! masks the response; an allowed WebSocket upgrade goes on in
 //! `websocket.rs`, message by message).
@@ -14,6 +15,7 @@
 //! HTTP/2. Over TLS the server is asked first (with the ALPN list the agent
 //! offered) and the agent is offered only what the server chose.
 
+pub mod credential;
 pub mod detect;
 pub mod input;
 pub mod k8s;
@@ -166,6 +168,9 @@ pub struct Conn {
     pub dst: SocketAddr,
     /// What the agent's ClientHello named; set by the TLS step.
     pub sni: Option<String>,
+    /// The target's stored credential: set on every request in place of
+    /// the agent's (http/credential.rs).
+    pub credential: Option<Arc<crate::credentials::Credential>>,
 }
 
 /// Serves one agent connection until it closes.

@@ -8,6 +8,7 @@ pub mod bpfsys;
 pub mod cgroup;
 pub mod config;
 pub mod control;
+pub mod credentials;
 pub mod daemon;
 pub mod decide;
 pub mod exec;

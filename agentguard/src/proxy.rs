@@ -301,6 +301,7 @@ impl Proxy {
                         return;
                     };
                     let guard = pg::session::PgGuard {
+                        credentials: self.config.secrets.for_target(input.target.name.as_deref()),
                         guarded: self.guarded(input, &session),
                         tls,
                         masker: self.config.masker.0.clone(),
@@ -349,6 +350,11 @@ impl Proxy {
                 }
                 Protocol::Http | Protocol::Llm | Protocol::K8s => {
                     let found = self.config.target_for(dst).map(|(t, _)| t);
+                    let credential = self
+                        .config
+                        .secrets
+                        .for_target(input.target.name.as_deref())
+                        .pop();
                     let conn = http::Conn {
                         shared: Arc::clone(&self.http),
                         guarded: self.guarded(input, &session),
@@ -357,6 +363,7 @@ impl Proxy {
                         connect_timeout: timeout,
                         dst,
                         sni: None,
+                        credential,
                     };
                     let error = match http::run(conn, client, upstream).await {
                         Ok(()) => None,

@@ -53,6 +53,10 @@ pub struct HttpRequest {
     /// `websocket` and the like for an Upgrade request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<String>,
+    /// The guard sets the target's stored credential (the agent's own, if
+    /// it sent one, was removed: `agent_sent`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<crate::credentials::CredentialUse>,
 }
 
 /// `input.request` for kind `llm`: the http fields plus what the prompt is.
@@ -193,6 +197,7 @@ pub struct Parts<'a> {
     pub body: Option<&'a [u8]>,
     pub body_truncated: bool,
     pub upgrade: Option<String>,
+    pub credential: Option<crate::credentials::CredentialUse>,
 }
 
 impl Parts<'_> {
@@ -232,6 +237,7 @@ pub fn build(
         body_truncated: parts.body_truncated,
         entities,
         upgrade: parts.upgrade.clone(),
+        credential: parts.credential.clone(),
     };
     let provider = llm_provider(parts.path);
     if protocol != Protocol::Llm && provider.is_none() {
@@ -472,6 +478,7 @@ mod tests {
             body,
             body_truncated: false,
             upgrade: None,
+            credential: None,
         }
     }
 

@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 
 use super::{
-    Body, BoxError, Conn, HttpError, input, mask,
+    Body, BoxError, Conn, HttpError, credential, input, mask,
     upstream::{Redial, Upstream},
     websocket,
 };
@@ -220,7 +220,13 @@ impl Session {
             .or_else(|| target.host.clone())
             .unwrap_or_else(|| target.ip.clone());
         let path = parts.uri.path().to_owned();
-        let query = parts.uri.query().map(str::to_owned);
+        let mut query = parts.uri.query().map(str::to_owned);
+        // The agent's own credential never reaches policy or the server.
+        let credential_use = self
+            .conn
+            .credential
+            .as_ref()
+            .map(|c| credential::strip(c, &mut parts.headers, &mut query));
         // Until the request is parsed for policy: what refusals record.
         let mut summary = RequestSummary::Http {
             method: parts.method.to_string(),
@@ -256,6 +262,19 @@ impl Session {
             (Buffered::default(), Some(body))
         };
         let complete = rest.is_none();
+        // Read before the decision: an unusable secret is refused (and
+        // recorded) like any request the guard cannot carry.
+        let secret = match &self.conn.credential {
+            None => None,
+            Some(c) => match c.secret().await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    return self
+                        .refuse_recorded(StatusCode::BAD_GATEWAY, summary, &e.to_string(), started)
+                        .await;
+                }
+            },
+        };
         let Ok((engine, detect_sel)) = self.conn.shared.engine() else {
             return self
                 .refuse_recorded(
@@ -277,6 +296,7 @@ impl Session {
             body: (want_body && complete).then_some(&head.data[..]),
             body_truncated: want_body && !complete,
             upgrade: upgrade.clone(),
+            credential: credential_use,
         };
         let request = input::build(target.protocol, &request_parts, engine, detect_sel);
         // What a WebSocket's messages are decided with.
@@ -286,11 +306,23 @@ impl Session {
         // A watch answers with one JSON object per event, for as long as
         // it lasts: masked line by line, never buffered whole.
         let is_watch = matches!(&request, decide::Request::K8s(k) if k.verb == "watch");
-        if is_llm && !complete {
-            let reason = format!(
-                "LLM request body over {} bytes cannot be inspected",
-                input::MAX_JSON_BODY
-            );
+        // A GET (`/v1/models`) has no body to inspect; any body left
+        // unread is one policy did not see.
+        let unread = rest
+            .as_ref()
+            .is_some_and(|b| !hyper::body::Body::is_end_stream(b));
+        if is_llm && unread {
+            let reason = if want_body {
+                format!(
+                    "LLM request body over {} bytes cannot be inspected",
+                    input::MAX_JSON_BODY
+                )
+            } else {
+                format!(
+                    "an LLM request body policy cannot read ({} without a JSON content type)",
+                    parts.method
+                )
+            };
             return self
                 .refuse_recorded(StatusCode::FORBIDDEN, summary, &reason, started)
                 .await;
@@ -343,11 +375,14 @@ impl Session {
             // not inflate them): no extension is offered upstream.
             parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
         }
-        let gzip_ok = parts
-            .headers
-            .get(header::ACCEPT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.to_ascii_lowercase().contains("gzip"));
+        // With an injected credential, replies come uncompressed: an echo
+        // of the secret is found in every body, even one passed as opaque.
+        let gzip_ok = secret.is_none()
+            && parts
+                .headers
+                .get(header::ACCEPT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.to_ascii_lowercase().contains("gzip"));
         // Only encodings this proxy can decode (and so mask) are asked for.
         if gzip_ok {
             parts
@@ -356,11 +391,28 @@ impl Session {
         } else {
             parts.headers.remove(header::ACCEPT_ENCODING);
         }
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
+        let mut pq = match (&self.conn.credential, &query) {
+            (None, _) => parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
+            // The query as stripped of the agent's credential parameter.
+            (Some(_), Some(q)) => format!("{path}?{q}"),
+            (Some(_), None) => path.clone(),
+        };
+        // Set last, after policy input and the record were built.
+        let needles = match (&self.conn.credential, &secret) {
+            (Some(c), Some(s)) => match credential::inject(c, s, &mut parts.headers, &mut pq) {
+                Ok(n) => n,
+                Err(reason) => {
+                    return self
+                        .released(self.refuse(StatusCode::BAD_GATEWAY, &reason))
+                        .await;
+                }
+            },
+            _ => Vec::new(),
+        };
         parts.uri = match self.upstream_proto {
             Proto::H1 => {
                 if !parts.headers.contains_key(header::HOST)
@@ -457,6 +509,25 @@ impl Session {
 
         // Towards the agent.
         let (mut rparts, rbody) = resp.into_parts();
+        if let Some(c) = &self.conn.credential {
+            if rparts.status == StatusCode::UNAUTHORIZED {
+                // The stored secret is wrong or revoked: the operator's to
+                // fix, and the agent must not think it should bring its own.
+                let reason = format!(
+                    "the server refused credential `{}` ({}); the operator must update it",
+                    c.name(),
+                    rparts.status
+                );
+                let summary = RequestSummary::Other {
+                    summary: format!("{method} {path}: credential rejected"),
+                };
+                self.conn.guarded.refuse(summary, &reason, started).await;
+                return self
+                    .released(self.refuse(StatusCode::BAD_GATEWAY, &reason))
+                    .await;
+            }
+            credential::redact_headers(&mut rparts.headers, &needles);
+        }
         let connection = rparts
             .headers
             .get(header::CONNECTION)
@@ -487,9 +558,8 @@ impl Session {
         result.complete(rparts.status.to_string()).await;
         if class == mask::Class::Opaque {
             result.finish().await;
-            return self
-                .released(Response::from_parts(rparts, incoming(rbody)))
-                .await;
+            let body = redacted(incoming(rbody), &needles);
+            return self.released(Response::from_parts(rparts, body)).await;
         }
         let encoding = match mask::encoding(&rparts.headers) {
             Ok(e) => e,
@@ -508,8 +578,8 @@ impl Session {
         rparts.headers.remove(header::CONTENT_ENCODING);
         // What was masked goes into the record when the body is complete.
         let body = mask::masked_body(Arc::clone(engine), sel, class, encoding, rbody, result);
-        self.released(Response::from_parts(rparts, body.boxed_unsync()))
-            .await
+        let body = redacted(body.boxed_unsync(), &needles);
+        self.released(Response::from_parts(rparts, body)).await
     }
 
     /// A refusal that needed no policy, recorded like any deny.
@@ -536,6 +606,14 @@ impl Session {
             ),
         }
     }
+}
+
+/// `body` with the injected secret replaced wherever the server echoed it.
+fn redacted(body: Body, needles: &[Vec<u8>]) -> Body {
+    if needles.is_empty() {
+        return body;
+    }
+    credential::Redacted::new(body, needles.to_vec()).boxed_unsync()
 }
 
 /// What the audit log shows for a request, from what policy saw.

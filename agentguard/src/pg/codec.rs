@@ -41,6 +41,7 @@ pub mod tag {
     pub const PORTAL_SUSPENDED: u8 = b's';
     pub const ERROR_RESPONSE: u8 = b'E';
     pub const READY_FOR_QUERY: u8 = b'Z';
+    pub const AUTHENTICATION: u8 = b'R';
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

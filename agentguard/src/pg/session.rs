@@ -24,11 +24,13 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use super::{
+    auth,
     codec::{self, Column, Startup, tag},
     sql::{self, StatementInfo},
 };
 use crate::{
     audit::{DecisionId, RequestSummary, ResultRecorder, SessionHandle},
+    credentials::{self, Credential, CredentialUse, Secret},
     decide::Request,
     pipeline::{Ask, Guarded, Verdict},
 };
@@ -56,6 +58,9 @@ pub struct SqlRequest {
     pub application_name: Option<String>,
     /// "simple" (Query) or "extended" (Parse).
     pub protocol: &'static str,
+    /// The guard logged in with a stored credential (`db_user` is its role).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<CredentialUse>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +71,8 @@ pub enum PgError {
     Io(#[from] std::io::Error),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("login refused: {0}")]
+    Login(String),
 }
 
 /// TLS on either side of a PostgreSQL session.
@@ -101,6 +108,8 @@ pub struct PgGuard {
     pub guarded: Guarded,
     pub tls: PgTls,
     pub masker: Option<Arc<Engine>>,
+    /// The target's `[[credentials]]`: when any, the guard logs in itself.
+    pub credentials: Vec<Arc<Credential>>,
 }
 
 /// How to mask the rows of one statement's results.
@@ -242,7 +251,7 @@ pub async fn run(guard: PgGuard, client: TcpStream, upstream: TcpStream) -> Resu
         };
     let mut upstream = Some(upstream);
 
-    let (params, upstream_rd, mut upstream_wr) = loop {
+    let (params, upstream_rd, mut upstream_wr, login) = loop {
         match codec::decode_startup(&mut buf) {
             Ok(Some(Startup::SslRequest | Startup::GssEncRequest)) => {
                 // Already on TLS, or asked again: 'N'.
@@ -264,7 +273,22 @@ pub async fn run(guard: PgGuard, client: TcpStream, upstream: TcpStream) -> Resu
                 let Some(up) = upstream.take() else {
                     return Ok(());
                 };
-                let (r, mut w) = match server_side(up, &guard.tls).await {
+                // Decided before the server is touched: a user no
+                // credential maps is refused here.
+                let injected = match guard.injection(&params).await {
+                    Ok(i) => i,
+                    Err(reason) => {
+                        let _ = client_wr
+                            .write_all(&codec::error_response(
+                                "28000",
+                                &format!("agentguard: {reason}"),
+                            ))
+                            .await;
+                        guard.refused("postgres login", &reason).await;
+                        return Err(PgError::Login(reason));
+                    }
+                };
+                let (mut r, mut w) = match server_side(up, &guard.tls).await {
                     Ok(h) => h,
                     Err(e) => {
                         let _ = client_wr
@@ -276,8 +300,32 @@ pub async fn run(guard: PgGuard, client: TcpStream, upstream: TcpStream) -> Resu
                         return Err(e);
                     }
                 };
-                w.write_all(&raw).await?;
-                break (params, r, w);
+                let Some((credential, secret)) = injected else {
+                    w.write_all(&raw).await?;
+                    break (params, r, w, None);
+                };
+                match guard
+                    .login(&credential, &secret, &params, &mut r, &mut w)
+                    .await
+                {
+                    Ok((ok, rest)) => {
+                        client_wr.write_all(&ok).await?;
+                        // What the server sent after AuthenticationOk comes
+                        // first on the relay.
+                        let r: Rd = Box::new(std::io::Cursor::new(rest).chain(r));
+                        break (params, r, w, Some(credential));
+                    }
+                    Err((sqlstate, reason)) => {
+                        let _ = client_wr
+                            .write_all(&codec::error_response(
+                                sqlstate,
+                                &format!("agentguard: {reason}"),
+                            ))
+                            .await;
+                        guard.refused("postgres login", &reason).await;
+                        return Err(PgError::Login(reason));
+                    }
+                }
             }
             Ok(None) => {
                 if client_rd.read_buf(&mut buf).await? == 0 {
@@ -305,19 +353,29 @@ pub async fn run(guard: PgGuard, client: TcpStream, upstream: TcpStream) -> Resu
             .find(|(key, _)| key == k)
             .map(|(_, v)| v.clone())
     };
+    let credential = login.map(|c| CredentialUse {
+        name: c.name().to_owned(),
+        injected: true,
+        agent_sent: None,
+        agent_db_user: param("user"),
+    });
+    let role = login_role(credential.as_ref(), &guard.credentials);
     let session = Session {
         database: param("database").or_else(|| param("user")),
-        db_user: param("user"),
+        db_user: role.or_else(|| param("user")),
         application_name: param("application_name"),
+        credential,
         guard,
     };
-    info!(db_user = ?session.db_user, database = ?session.database, "postgres session");
+    info!(db_user = ?session.db_user, database = ?session.database, credential = ?session.credential.as_ref().map(|c| &c.name), "postgres session");
     // Startup parameters only: passwords travel later, in messages that are
     // passed through and never recorded.
+    let credential_name = session.credential.as_ref().map(|c| c.name.clone());
     let details: BTreeMap<String, String> = [
         ("database", &session.database),
         ("db_user", &session.db_user),
         ("application_name", &session.application_name),
+        ("credential", &credential_name),
     ]
     .into_iter()
     .filter_map(|(k, v)| Some((k.to_owned(), v.clone()?)))
@@ -362,8 +420,18 @@ pub async fn run(guard: PgGuard, client: TcpStream, upstream: TcpStream) -> Resu
 struct Session {
     guard: PgGuard,
     database: Option<String>,
+    /// The role the server knows the session as.
     db_user: Option<String>,
     application_name: Option<String>,
+    credential: Option<CredentialUse>,
+}
+
+/// The role of the credential the guard logged in with.
+fn login_role(used: Option<&CredentialUse>, all: &[Arc<Credential>]) -> Option<String> {
+    let used = used?;
+    all.iter()
+        .find(|c| c.name() == used.name)
+        .and_then(|c| c.config.role.clone())
 }
 
 impl Session {
@@ -401,6 +469,7 @@ impl Session {
             db_user: self.db_user.clone(),
             application_name: self.application_name.clone(),
             protocol,
+            credential: self.credential.clone(),
         });
         let ask = Ask::new(request, summary, started).mask_with(self.guard.masker.as_deref());
         let mut verdict = self.guard.guarded.decide(ask).await;
@@ -417,6 +486,64 @@ impl Session {
 }
 
 impl PgGuard {
+    /// The credential the guard logs in with for this startup, if the
+    /// target has any. `Err`: the target injects credentials and none maps
+    /// the agent's user (or its secret is unusable).
+    async fn injection(
+        &self,
+        params: &[(String, String)],
+    ) -> Result<Option<(Arc<Credential>, Secret)>, String> {
+        if self.credentials.is_empty() {
+            return Ok(None);
+        }
+        let user = params
+            .iter()
+            .find(|(k, _)| k == "user")
+            .map_or("", |(_, v)| v.as_str());
+        let target = self.guarded.target.name.as_deref().unwrap_or("?");
+        let Some(credential) = credentials::for_db_user(&self.credentials, user) else {
+            return Err(format!(
+                "target `{target}` is logged in to with stored credentials and none is for db user `{user}`"
+            ));
+        };
+        let secret = credential.secret().await.map_err(|e| e.to_string())?;
+        Ok(Some((Arc::clone(credential), secret)))
+    }
+
+    /// Logs in to the server as the credential's role. `Ok`: the server's
+    /// AuthenticationOk (for the agent) and what came after it; `Err`: the
+    /// SQLSTATE and reason the agent is told.
+    async fn login(
+        &self,
+        credential: &Credential,
+        secret: &Secret,
+        params: &[(String, String)],
+        rd: &mut Rd,
+        wr: &mut Wr,
+    ) -> Result<(Bytes, Bytes), (&'static str, String)> {
+        let role = credential.config.role.as_deref().unwrap_or_default();
+        let name = credential.name();
+        let failed = |e: auth::AuthError| {
+            let sqlstate = match &e {
+                auth::AuthError::Rejected { .. } => "28P01",
+                auth::AuthError::Unsupported(_) => "28000",
+                auth::AuthError::Protocol(_) | auth::AuthError::Io(_) => "08006",
+            };
+            (sqlstate, format!("credential `{name}`: {e}"))
+        };
+        let startup = auth::startup_for(params, role).map_err(failed)?;
+        wr.write_all(&startup).await.map_err(|e| failed(e.into()))?;
+        let mut rest = BytesMut::new();
+        let ok = auth::login(rd, wr, &mut rest, role, secret)
+            .await
+            .map_err(failed)?;
+        debug!(
+            credential = name,
+            role, "logged in with the stored credential"
+        );
+        Ok((ok, rest.freeze()))
+    }
+
     /// Records a refusal that needed no policy (the protocol forbids it).
     async fn refused(&self, what: &str, reason: &str) {
         let summary = RequestSummary::Other {

@@ -750,6 +750,7 @@ fn sql_input(sql: &str, database: &str) -> Input {
             db_user: None,
             application_name: None,
             protocol: "simple",
+            credential: None,
         }),
         ..connect_input("coder", 1)
     }
