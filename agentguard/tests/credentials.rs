@@ -234,6 +234,74 @@ fn postgres_logs_in_with_the_stored_credential() {
 }
 
 #[test]
+fn postgres_secret_rotation_needs_no_restart() {
+    require_root();
+    let pg = pg_with_roles();
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let rw = secret_file(secrets.path(), "app-rw", PG_SECRET);
+    let config = pg_config(&pg, secrets.path(), &rw);
+    // Where the agent (nobody) and the test meet.
+    let meet = tempfile::tempdir().expect("tempdir");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(meet.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+    }
+    let d = meet.path().display().to_string();
+    let code = format!(
+        r#"import os, time, psycopg2
+def connect():
+    return psycopg2.connect(host='127.0.0.1', port={port}, user='agent', dbname='postgres')
+old = connect(); cur = old.cursor(); cur.execute('SELECT 1')
+open('{d}/ready', 'w').close()
+for _ in range(400):
+    if os.path.exists('{d}/go'): break
+    time.sleep(0.05)
+cur.execute('SELECT current_user'); print('open session', cur.fetchone()[0])
+new = connect().cursor(); new.execute('SELECT current_user'); print('new session', new.fetchone()[0])
+"#,
+        port = pg.port
+    );
+    let agent = {
+        let config_path = config.path().to_owned();
+        std::thread::spawn(move || {
+            let mut cmd = Command::new(bin());
+            cmd.arg("--config").arg(config_path).args([
+                "exec",
+                "--",
+                "/usr/bin/setpriv",
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "--",
+                PYTHON,
+                "-c",
+                &code,
+            ]);
+            run_with_timeout(cmd, Duration::from_secs(60))
+        })
+    };
+    wait_for("the agent's first session", Duration::from_secs(30), || {
+        meet.path().join("ready").exists()
+    });
+    // The operator rotates: a new password on the role, a new file
+    // renamed over the old one, no restart.
+    const ROTATED: &str = "Rotated-9Kp3-s3cret";
+    pg.psql_direct(&format!("ALTER ROLE app_rw PASSWORD '{ROTATED}'"));
+    let next = secret_file(secrets.path(), "app-rw.next", ROTATED);
+    std::fs::rename(&next, &rw).expect("rename");
+    // The file is looked at again at most once a second.
+    std::thread::sleep(Duration::from_millis(1200));
+    std::fs::write(meet.path().join("go"), "").expect("go");
+    let out = agent.join().expect("agent thread");
+    let (o, e) = (stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{o}\n{e}");
+    assert_eq!(o.trim(), "open session app_rw\nnew session app_rw", "{e}");
+    assert!(e.contains("secret rotated"), "{e}");
+    assert_nowhere(&config, &[e], &[PG_SECRET, ROTATED, MD5_SECRET]);
+}
+
+#[test]
 fn postgres_bad_secrets_are_clear_errors() {
     require_root();
     let pg = pg_with_roles();
