@@ -79,7 +79,7 @@ target_deny contains sprintf("the agent sent a credential of its own to %s, whic
 
 target_deny contains sprintf("%s requires agentguard's stored credential (label require-injection) and none is configured for it", [input.target.name]) if {
 	"require-injection" in input.target.labels
-	input.request.kind in {"http", "llm", "sql"}
+	input.request.kind in {"http", "llm", "sql", "mysql"}
 	not input.request.credential.injected
 }
 

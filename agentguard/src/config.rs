@@ -617,11 +617,11 @@ impl Config {
                 ));
             };
             match target.protocol {
-                Protocol::Postgres => {
+                Protocol::Postgres | Protocol::Mysql => {
                     if c.role.is_none() {
                         return Err(bad(
                             &c.name,
-                            "a postgres credential needs `role` (the role the guard logs in as)"
+                            "a database credential needs `role` (the user the guard logs in as)"
                                 .into(),
                         ));
                     }
@@ -676,7 +676,7 @@ impl Config {
                     return Err(bad(
                         &c.name,
                         format!(
-                            "target `{}` is protocol {}; credentials are injected on postgres, http, llm and k8s targets",
+                            "target `{}` is protocol {}; credentials are injected on postgres, mysql, http, llm and k8s targets",
                             c.target,
                             other.as_str()
                         ),

@@ -7,8 +7,10 @@
 //! Files in the order a connection meets them: `codec.rs` (framing,
 //! handshake, rows), `request.rs` (what a command asks, for policy; the
 //! SQL analysis is PostgreSQL's, with MySQL's dialect), `session.rs` (the
-//! handshake, auth pass-through and the command loop).
+//! handshake, auth pass-through and the command loop), `auth.rs` (the
+//! guard's own login when it holds the credential).
 
+pub mod auth;
 pub mod codec;
 pub mod request;
 pub mod session;

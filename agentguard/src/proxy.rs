@@ -335,6 +335,7 @@ impl Proxy {
                         return;
                     };
                     let guard = mysql::session::MysqlGuard {
+                        credentials: self.config.secrets.for_target(input.target.name.as_deref()),
                         guarded: self.guarded(input, &session),
                         masker: self.config.masker.0.clone(),
                         tls,

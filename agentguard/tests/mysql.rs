@@ -749,3 +749,126 @@ print("wrong", change_user("agent", "bad"))"#,
         .expect("the select's record");
     assert_eq!(select["request"]["db_user"], "other", "{select}");
 }
+
+const APP_SECRET: &str = "Maria-inj-5Hd8-s3cret";
+
+/// A root-only secret file.
+fn secret_file(dir: &std::path::Path, name: &str, secret: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{secret}\n")).expect("secret");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    path
+}
+
+/// A target whose logins the guard makes with the credential in `file`
+/// as `role`; `extra`: more keys of the target.
+fn credential_config(file: &std::path::Path, role: &str, extra: &str) -> TestConfig {
+    config_with(&format!(
+        "{extra}\n[[credentials]]\nname = \"shop-rw\"\ntarget = \"shop-db\"\nfile = \"{}\"\nrole = \"{role}\"\n",
+        file.display()
+    ))
+}
+
+#[test]
+fn stored_credential_logs_in_for_the_agent() {
+    require_root();
+    root(&format!(
+        "CREATE USER IF NOT EXISTS app_rw@'%' IDENTIFIED BY '{APP_SECRET}'; GRANT SELECT ON *.* TO app_rw@'%';"
+    ));
+    database("mysql_e2e_cred");
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let file = secret_file(secrets.path(), "app", APP_SECRET);
+    let config = credential_config(&file, "app_rw", "");
+    // The CLI with a wrong password, PyMySQL with none: both are app_rw.
+    let (o, e) = cli(
+        Some(&config),
+        "whoever",
+        "wrong-guess",
+        "mysql_e2e_cred",
+        "SELECT CURRENT_USER() AS who, COUNT(*) FROM customers;",
+    );
+    assert_eq!(o, "who\tCOUNT(*)\napp_rw@%\t2\n", "{e}");
+    let code = format!(
+        "import pymysql\nc = pymysql.connect(host='127.0.0.1', port={}, user='agent', database='mysql_e2e_cred')\n\
+         cur = c.cursor(); cur.execute('SELECT CURRENT_USER()'); print(cur.fetchone()[0])",
+        maria().port
+    );
+    let out = exec(&config, &[PYTHON, "-c", &code]);
+    assert_eq!(stdout(&out).trim(), "app_rw@%", "{}", stderr(&out));
+    let mut logs = vec![e, stderr(&out)];
+    // TLS towards the server: the guard's login goes over it.
+    let tls = credential_config(&file, "app_rw", "tls = \"require\"");
+    let (o, e) = cli(
+        Some(&tls),
+        "x",
+        "y",
+        "",
+        "SELECT CURRENT_USER(), @@have_ssl;",
+    );
+    assert!(o.contains("app_rw@%"), "{o}\n{e}");
+    logs.push(e);
+    // Without the guard, the agent has nothing that logs in.
+    let (_, e) = cli(None, "app_rw", "wrong-guess", "", "SELECT 1;");
+    assert!(e.contains("ERROR 1045 (28000)"), "{e}");
+    // COM_CHANGE_USER would switch to a login the guard did not make.
+    let (o, e) = guarded_py(
+        &config,
+        r#"c = conn()
+payload = b"root\0\0\0" + struct.pack("<H", 45) + b"mysql_native_password\0"
+c._execute_command(COMMAND.COM_CHANGE_USER, payload)
+try:
+    c._read_packet()
+except pymysql.err.MySQLError as e:
+    print("refused", e.args[0], e.args[1])
+cur = c.cursor(); cur.execute("SELECT CURRENT_USER()"); print(cur.fetchone()[0])"#,
+    );
+    assert!(
+        o.contains("refused 1142 agentguard: COM_CHANGE_USER cannot switch users"),
+        "{o}\n{e}"
+    );
+    assert!(
+        o.trim_end().ends_with("app_rw@%"),
+        "the session goes on: {o}"
+    );
+    logs.push(e);
+
+    // The secret is in no state file and no log.
+    let state = config.dir.path().join("state");
+    for entry in std::fs::read_dir(&state).expect("state").flatten() {
+        let raw = std::fs::read(entry.path()).unwrap_or_default();
+        assert!(
+            !raw.windows(APP_SECRET.len())
+                .any(|w| w == APP_SECRET.as_bytes()),
+            "the secret is in {}",
+            entry.path().display()
+        );
+    }
+    assert!(logs.iter().all(|l| !l.contains(APP_SECRET)));
+}
+
+#[test]
+fn stored_credential_rejected_or_unanswerable_is_a_clean_error() {
+    require_root();
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let wrong = secret_file(secrets.path(), "wrong", "not-the-password");
+    let config = credential_config(&wrong, "agent", "");
+    let (_, e) = cli(Some(&config), "agent", "pw", "", "SELECT 1;");
+    assert!(
+        e.contains("ERROR 1045 (28000)")
+            && e.contains("agentguard: credential `shop-rw`: the server refused the login as `agent`: Access denied"),
+        "{e}"
+    );
+    assert_eq!(
+        audited_denials(&config, "the server refused the login as `agent`").len(),
+        1
+    );
+    // An ed25519 account: no stored password can answer it.
+    let ed = secret_file(secrets.path(), "ed", "edpw");
+    let config = credential_config(&ed, "ed", "");
+    let (_, e) = cli(Some(&config), "ed", "edpw", "", "SELECT 1;");
+    assert!(
+        e.contains("auth plugin client_ed25519, which agentguard cannot answer"),
+        "{e}"
+    );
+}

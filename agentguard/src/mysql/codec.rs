@@ -29,6 +29,7 @@ pub mod cap {
     pub const MULTI_STATEMENTS: u32 = 1 << 16;
     pub const MULTI_RESULTS: u32 = 1 << 17;
     pub const PLUGIN_AUTH: u32 = 1 << 19;
+    pub const CONNECT_ATTRS: u32 = 1 << 20;
     pub const PLUGIN_AUTH_LENENC_CLIENT_DATA: u32 = 1 << 21;
     pub const DEPRECATE_EOF: u32 = 1 << 24;
     pub const ZSTD_COMPRESSION: u32 = 1 << 26;
@@ -320,6 +321,11 @@ pub struct Greeting {
     /// operations, cached metadata, all of which change the framing of
     /// replies) taken out.
     pub adjusted: Vec<u8>,
+    /// The auth plugin's nonce (both parts, 20 bytes) and the plugin the
+    /// server starts with: what the guard logs in with when it holds the
+    /// credential.
+    pub scramble: Vec<u8>,
+    pub plugin: String,
 }
 
 /// `offer`: capabilities the client is offered whatever the server said
@@ -346,10 +352,23 @@ pub fn parse_greeting(payload: &[u8], offer: u32) -> Result<Greeting, CodecError
     adjusted[high..high + 2].copy_from_slice(&caps[2..]);
     // MariaDB: the last 4 reserved bytes are its extended capabilities.
     adjusted[reserved + 6..reserved + 10].fill(0);
+    let mut scramble = payload[pos + 4..pos + 12].to_vec();
+    let auth_len = usize::from(payload[high + 2]);
+    let mut at = reserved + 10;
+    let part2 = auth_len.saturating_sub(8).max(13);
+    if let Some(p2) = payload.get(at..(at + part2).min(payload.len())) {
+        scramble.extend_from_slice(p2.strip_suffix(&[0]).unwrap_or(p2));
+        at += part2;
+    }
+    let plugin = nul_str(payload, &mut at)
+        .map(|r| text(payload, r))
+        .unwrap_or_default();
     Ok(Greeting {
         server_version: text(payload, version),
         capabilities,
         adjusted,
+        scramble,
+        plugin,
     })
 }
 
@@ -364,6 +383,8 @@ pub struct HandshakeResponse {
     /// The response as the server gets it (capabilities the guard took
     /// out of the greeting cleared here too).
     pub adjusted: Vec<u8>,
+    /// The connection attributes, as sent (CLIENT_CONNECT_ATTRS).
+    pub attrs: Vec<u8>,
 }
 
 impl HandshakeResponse {
@@ -375,6 +396,38 @@ impl HandshakeResponse {
         p[..4].copy_from_slice(&caps.to_le_bytes());
         if ssl_request {
             p.truncate(32);
+        }
+        p
+    }
+
+    /// The response logging in as `user` with `auth` for `plugin` (the
+    /// guard's own login with a stored credential); `ssl`: over the
+    /// guard's TLS to the server.
+    pub fn with_login(&self, user: &str, auth: &[u8], plugin: &str, ssl: bool) -> Vec<u8> {
+        let mut caps =
+            (self.capabilities & !cap::STRIPPED) | cap::PLUGIN_AUTH | cap::SECURE_CONNECTION;
+        if ssl {
+            caps |= cap::SSL;
+        }
+        let mut p = self.adjusted[..32].to_vec();
+        p[..4].copy_from_slice(&caps.to_le_bytes());
+        p.extend_from_slice(user.as_bytes());
+        p.push(0);
+        if caps & cap::PLUGIN_AUTH_LENENC_CLIENT_DATA != 0 {
+            put_lenenc_str(&mut p, auth);
+        } else {
+            // Scrambles are 20 or 32 bytes: a one-byte length holds them.
+            p.push(u8::try_from(auth.len()).unwrap_or(u8::MAX));
+            p.extend_from_slice(auth);
+        }
+        if caps & cap::CONNECT_WITH_DB != 0 {
+            p.extend_from_slice(self.database.as_deref().unwrap_or("").as_bytes());
+            p.push(0);
+        }
+        p.extend_from_slice(plugin.as_bytes());
+        p.push(0);
+        if caps & cap::CONNECT_ATTRS != 0 {
+            p.extend_from_slice(&self.attrs);
         }
         p
     }
@@ -401,6 +454,7 @@ pub fn parse_handshake_response(payload: &[u8]) -> Result<HandshakeResponse, Cod
             user: String::new(),
             database: None,
             adjusted,
+            attrs: Vec::new(),
         });
     }
     let mut pos = 32;
@@ -418,12 +472,21 @@ pub fn parse_handshake_response(payload: &[u8]) -> Result<HandshakeResponse, Cod
     } else {
         None
     };
+    if capabilities & cap::PLUGIN_AUTH != 0 && pos < payload.len() {
+        nul_str(payload, &mut pos);
+    }
+    let attrs = if capabilities & cap::CONNECT_ATTRS != 0 {
+        payload.get(pos..).unwrap_or_default().to_vec()
+    } else {
+        Vec::new()
+    };
     Ok(HandshakeResponse {
         capabilities,
         ssl,
         user: text(payload, user),
         database: database.filter(|d| !d.is_empty()),
         adjusted,
+        attrs,
     })
 }
 

@@ -37,6 +37,9 @@ pub struct MysqlRequest {
     /// absent when they could not be read (sent as long data).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub params: Option<Vec<Option<String>>>,
+    /// The guard logged in with a stored credential (`db_user` is its role).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<crate::credentials::CredentialUse>,
 }
 
 impl MysqlRequest {
@@ -55,6 +58,7 @@ impl MysqlRequest {
             db_user: None,
             file: None,
             params: None,
+            credential: None,
         }
     }
 

@@ -34,11 +34,13 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use super::{
+    auth,
     codec::{self, BinValue, CodecError, Column, MAX_PACKET, Packet, cap, com, status},
     request::{self, MysqlRequest},
 };
 use crate::{
     audit::{DecisionId, RequestSummary, ResultRecorder},
+    credentials::{self, Credential, CredentialUse},
     decide::Request,
     http::detect::Prefixed,
     pg::{session::PgTls, sql::SqlAnalysis},
@@ -48,6 +50,8 @@ use crate::{
 /// ER_TABLEACCESS_DENIED_ERROR: what clients show as "command denied".
 const DENIED: u16 = 1142;
 const DENIED_STATE: &str = "42000";
+/// ER_ACCESS_DENIED_ERROR.
+const ACCESS_DENIED: u16 = 1045;
 /// ER_MALFORMED_PACKET.
 const MALFORMED: u16 = 1835;
 /// Forwarded reply bytes are written once this much is buffered.
@@ -86,6 +90,9 @@ pub struct MysqlGuard {
     /// The agentguard CA's server config (agent side) and the target's TLS
     /// towards the server (as the PostgreSQL guard has them).
     pub tls: PgTls,
+    /// The target's `[[credentials]]`: when any, the guard logs in itself
+    /// (mysql/auth.rs) and the agent's own auth is not used.
+    pub credentials: Vec<Arc<Credential>>,
 }
 
 /// A statement the server prepared (COM_STMT_PREPARE allowed and OK).
@@ -120,6 +127,8 @@ struct Conn {
     caps: u32,
     database: Option<String>,
     db_user: Option<String>,
+    /// The stored credential the guard logged in with.
+    credential: Option<CredentialUse>,
     stmts: HashMap<u32, Stmt>,
     /// After a refused LOCAL INFILE the client already has our ERR: what
     /// the server still says for that command is read and dropped.
@@ -150,6 +159,7 @@ pub async fn run(
         caps: 0,
         database: None,
         db_user: None,
+        credential: None,
         stmts: HashMap::new(),
         dropping: false,
     };
@@ -291,6 +301,7 @@ impl Conn {
     async fn decide(&self, mut req: MysqlRequest, started: Instant) -> Verdict {
         req.database.clone_from(&self.database);
         req.db_user.clone_from(&self.db_user);
+        req.credential.clone_from(&self.credential);
         let summary = req.summary();
         let ask =
             Ask::new(Request::Mysql(req), summary, started).mask_with(self.guard.masker.as_deref());
@@ -396,10 +407,22 @@ impl Conn {
             server_extra = 1;
         }
         self.caps = hs.capabilities & !cap::STRIPPED & (parsed.capabilities | cap::LONG_PASSWORD);
-        self.db_user = Some(hs.user);
-        self.database = hs.database;
+        self.db_user = Some(hs.user.clone());
+        self.database.clone_from(&hs.database);
         // Agent seq + shift = server seq.
         let shift = server_extra.wrapping_sub(agent_extra);
+        if !self.guard.credentials.is_empty() {
+            let tls = server_extra == 1;
+            return self
+                .login(
+                    &parsed,
+                    &hs,
+                    resp.next_seq(),
+                    resp.seq.wrapping_add(shift),
+                    tls,
+                )
+                .await;
+        }
         let mut framed = BytesMut::new();
         codec::encode(&mut framed, resp.seq.wrapping_add(shift), &response);
         self.send_server(&framed).await?;
@@ -408,6 +431,11 @@ impl Conn {
 
     /// Refuses the login with our ERR (recorded like any refusal).
     async fn refuse_login(&mut self, seq: u8, reason: &str) {
+        self.refuse_login_as(seq, DENIED, DENIED_STATE, reason)
+            .await;
+    }
+
+    async fn refuse_login_as(&mut self, seq: u8, code: u16, state: &str, reason: &str) {
         let summary = RequestSummary::Other {
             summary: "mysql login".into(),
         };
@@ -416,8 +444,136 @@ impl Conn {
             .refuse(summary, reason, Instant::now())
             .await;
         warn!(reason, "login refused");
-        self.refusal(seq, reason);
+        let err = codec::err_packet(seq, code, state, &format!("agentguard: {reason}"));
+        self.out.extend_from_slice(&err);
         let _ = self.flush().await;
+    }
+
+    /// Logs in to the server with the stored credential for the agent's
+    /// user (whatever the agent sent as auth data is not used), then gives
+    /// the agent the server's OK at `agent_seq`. `server_seq`: the
+    /// handshake response's sequence id towards the server.
+    async fn login(
+        &mut self,
+        greeting: &codec::Greeting,
+        hs: &codec::HandshakeResponse,
+        agent_seq: u8,
+        server_seq: u8,
+        tls: bool,
+    ) -> Result<bool, MysqlError> {
+        let target = self.guard.guarded.target.name.clone().unwrap_or_default();
+        let Some(credential) = credentials::for_db_user(&self.guard.credentials, &hs.user).cloned()
+        else {
+            let reason = format!(
+                "target `{target}` is logged in to with stored credentials and none is for db user `{}`",
+                hs.user
+            );
+            self.refuse_login_as(agent_seq, ACCESS_DENIED, "28000", &reason)
+                .await;
+            return Ok(false);
+        };
+        let name = credential.name().to_owned();
+        let secret = match credential.secret().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.refuse_login_as(agent_seq, ACCESS_DENIED, "28000", &e.to_string())
+                    .await;
+                return Ok(false);
+            }
+        };
+        let role = credential.config.role.clone().unwrap_or_default();
+        // The server's first plugin when the guard can answer it; else
+        // native, and the server switches if it wants another.
+        let (plugin, data) =
+            match auth::scramble(&greeting.plugin, secret.expose(), &greeting.scramble, tls) {
+                Some(d) => (greeting.plugin.clone(), d),
+                None => (
+                    auth::NATIVE.to_owned(),
+                    auth::scramble(auth::NATIVE, secret.expose(), &greeting.scramble, tls)
+                        .unwrap_or_default(),
+                ),
+            };
+        let mut framed = BytesMut::new();
+        codec::encode(
+            &mut framed,
+            server_seq,
+            &hs.with_login(&role, &data, &plugin, tls),
+        );
+        self.send_server(&framed).await?;
+        let failed = |what: String| format!("credential `{name}`: {what}");
+        loop {
+            let p = self.read_server().await?;
+            let reply: Vec<u8> = match p.first() {
+                Some(0x00) => {
+                    let mut s = agent_seq;
+                    self.emit(&mut s, &p, Some(&p.payload));
+                    self.flush().await?;
+                    debug!(credential = %name, role, "logged in with the stored credential");
+                    self.credential = Some(CredentialUse {
+                        name,
+                        injected: true,
+                        agent_sent: None,
+                        agent_db_user: Some(hs.user.clone()),
+                    });
+                    self.db_user = Some(role);
+                    return Ok(true);
+                }
+                Some(0xff) => {
+                    let message = codec::parse_err(&p.payload)
+                        .map(|(_, _, m)| m)
+                        .unwrap_or_default();
+                    let reason = failed(format!(
+                        "the server refused the login as `{role}`: {message}"
+                    ));
+                    self.refuse_login_as(agent_seq, ACCESS_DENIED, "28000", &reason)
+                        .await;
+                    return Ok(false);
+                }
+                // AuthSwitchRequest: plugin name, then its nonce.
+                Some(0xfe) => {
+                    let body = &p.payload[1..];
+                    let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+                    let plugin = String::from_utf8_lossy(&body[..end]).into_owned();
+                    let nonce = body.get(end + 1..).unwrap_or_default();
+                    let nonce = nonce.strip_suffix(&[0]).unwrap_or(nonce);
+                    match auth::scramble(&plugin, secret.expose(), nonce, tls) {
+                        Some(d) => d,
+                        None => {
+                            let reason = failed(format!(
+                                "the server asks for auth plugin {plugin}, which agentguard cannot answer with a stored password{}",
+                                if plugin == auth::CLEAR {
+                                    " over plaintext (set tls = \"require\")"
+                                } else {
+                                    ""
+                                }
+                            ));
+                            self.refuse_login_as(agent_seq, ACCESS_DENIED, "28000", &reason)
+                                .await;
+                            return Ok(false);
+                        }
+                    }
+                }
+                // caching_sha2_password: 3 = fast auth done (OK follows),
+                // 4 = the full exchange, the password itself.
+                Some(0x01) if p.payload.get(1) == Some(&3) => continue,
+                Some(0x01) if p.payload.get(1) == Some(&4) && tls => {
+                    let mut v = secret.expose().as_bytes().to_vec();
+                    v.push(0);
+                    v
+                }
+                _ => {
+                    let reason = failed(
+                        "the server asked for an auth step agentguard cannot take with a stored password (caching_sha2_password's full authentication needs tls = \"require\" towards the server)".into(),
+                    );
+                    self.refuse_login_as(agent_seq, ACCESS_DENIED, "28000", &reason)
+                        .await;
+                    return Ok(false);
+                }
+            };
+            let mut framed = BytesMut::new();
+            codec::encode(&mut framed, p.next_seq(), &reply);
+            self.send_server(&framed).await?;
+        }
     }
 
     /// Relays the auth exchange both ways until the server's OK (`true`)
@@ -546,6 +702,11 @@ impl Conn {
                 );
                 let req = MysqlRequest::bare("set_option", sql);
                 self.decided(cmd, req, started, Rows::Text).await?;
+            }
+            com::CHANGE_USER if !self.guard.credentials.is_empty() => {
+                let reason = "COM_CHANGE_USER cannot switch users on a target agentguard logs in to with stored credentials; open a new connection as the other user";
+                self.refuse(seq, "mysql change_user".into(), reason, started)
+                    .await;
             }
             com::CHANGE_USER => {
                 let (user, db) = codec::parse_change_user(&cmd.payload, self.caps)
