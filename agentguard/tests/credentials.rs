@@ -30,15 +30,6 @@ fn as_agent(config: &TestConfig, argv: &[&str]) -> std::process::Output {
     exec(config, &all)
 }
 
-/// A root-only secret file.
-fn secret_file(dir: &Path, name: &str, secret: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt as _;
-    let path = dir.join(name);
-    std::fs::write(&path, format!("{secret}\n")).expect("secret");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    path
-}
-
 /// Every file under `dir` (the audit database, its journals, the CA).
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -752,15 +752,6 @@ print("wrong", change_user("agent", "bad"))"#,
 
 const APP_SECRET: &str = "Maria-inj-5Hd8-s3cret";
 
-/// A root-only secret file.
-fn secret_file(dir: &std::path::Path, name: &str, secret: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt as _;
-    let path = dir.join(name);
-    std::fs::write(&path, format!("{secret}\n")).expect("secret");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    path
-}
-
 /// A target whose logins the guard makes with the credential in `file`
 /// as `role`; `extra`: more keys of the target.
 fn credential_config(file: &std::path::Path, role: &str, extra: &str) -> TestConfig {

@@ -353,13 +353,13 @@ pub async fn run(guard: PgGuard, client: TcpStream, upstream: TcpStream) -> Resu
             .find(|(key, _)| key == k)
             .map(|(_, v)| v.clone())
     };
+    let role = login.as_ref().and_then(|c| c.config.role.clone());
     let credential = login.map(|c| CredentialUse {
         name: c.name().to_owned(),
         injected: true,
         agent_sent: None,
         agent_db_user: param("user"),
     });
-    let role = login_role(credential.as_ref(), &guard.credentials);
     let session = Session {
         database: param("database").or_else(|| param("user")),
         db_user: role.or_else(|| param("user")),
@@ -424,14 +424,6 @@ struct Session {
     db_user: Option<String>,
     application_name: Option<String>,
     credential: Option<CredentialUse>,
-}
-
-/// The role of the credential the guard logged in with.
-fn login_role(used: Option<&CredentialUse>, all: &[Arc<Credential>]) -> Option<String> {
-    let used = used?;
-    all.iter()
-        .find(|c| c.name() == used.name)
-        .and_then(|c| c.config.role.clone())
 }
 
 impl Session {

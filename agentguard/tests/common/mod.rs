@@ -303,3 +303,12 @@ pub fn audited_denials(config: &TestConfig, reason: &str) -> Vec<serde_json::Val
         })
         .collect()
 }
+
+/// A root-only secret file (mode 0600) holding `secret`.
+pub fn secret_file(dir: &Path, name: &str, secret: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{secret}\n")).expect("secret");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    path
+}
